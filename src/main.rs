@@ -1,0 +1,171 @@
+//! `mvm`: run untrusted code in its own tiny KVM virtual machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mvm_vmm::power::ExitReason;
+use mvm_vmm::{KernelSource, VmConfig, VmEnd};
+
+/// The tiny guest kernel, built from guest-image/ by build.rs.
+static BUILTIN_GUEST: &[u8] = include_bytes!(env!("MVM_GUEST_ELF"));
+
+/// Exit statuses of mvm itself; a guest's own status passes through as is.
+mod status {
+    pub const GUEST_CRASHED: u8 = 123;
+    pub const TIMEOUT: u8 = 124;
+    pub const MVM_ERROR: u8 = 125;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "mvm",
+    version,
+    about = "Run untrusted code in its own tiny KVM virtual machine",
+    long_about = "mvm gives every job its own microVM: a minimal monitor boots a tiny guest kernel \
+                  with a serial console, under KVM (hardware VMX/SVM or PVM).\n\n\
+                  Exit status: the guest's own (0-255) when it powers off; 123 when the guest \
+                  crashed; 124 on --timeout-s; 125 when mvm itself failed (bad input, no KVM)."
+)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// The KVM device to use.
+    #[arg(long, value_name = "PATH", env = "MVM_KVM_DEVICE", default_value = "/dev/kvm", global = true)]
+    kvm_device: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a VM with its serial console on stdout; exit with the guest's status.
+    Boot(BootArgs),
+    /// Report what this host's KVM offers mvm (hardware or PVM, vCPU limit).
+    Check,
+}
+
+#[derive(Args)]
+struct BootArgs {
+    /// Kernel to boot: `builtin` (mvm's tiny guest, embedded in this binary) or the path of an
+    /// x86-64 ELF vmlinux or bzImage. A Linux kernel gets the in-kernel irqchip and, by default,
+    /// the command line "console=ttyS0 reboot=k panic=1 pci=off".
+    #[arg(long, value_name = "builtin|PATH", default_value = "builtin")]
+    kernel: String,
+
+    /// Guest RAM in MiB: the guest's hard memory limit. Host memory is used only as the guest
+    /// touches it.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    memory_mib: u64,
+
+    /// Number of vCPUs. The builtin guest runs on the first; the others exist for guests with an
+    /// interrupt controller to start.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u64,
+
+    /// Kernel command line. The builtin guest reads `mvm.exit=N` (its exit status, default 0).
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+
+    /// Stop the VM after this many seconds (fractions allowed) and exit with status 124.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    timeout_s: Option<Duration>,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err("must be more than 0".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| "too large".into())
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Boot(args) => boot(args, cli.kvm_device),
+        Command::Check => check(cli.kvm_device),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("mvm: error: {err:#}");
+            ExitCode::from(status::MVM_ERROR)
+        }
+    }
+}
+
+fn boot(args: BootArgs, kvm_path: PathBuf) -> anyhow::Result<u8> {
+    let kernel = match args.kernel.as_str() {
+        "builtin" => KernelSource::Builtin(BUILTIN_GUEST),
+        path => KernelSource::Path(PathBuf::from(path)),
+    };
+    let config = VmConfig {
+        kernel,
+        memory_mib: args.memory_mib,
+        vcpus: args.vcpus,
+        cmdline: args.cmdline,
+        timeout: args.timeout_s,
+        kvm_path,
+    };
+    let end = mvm_vmm::vm::run(&config, std::io::stdout()).context("cannot boot the VM")?;
+    Ok(report(&end))
+}
+
+/// Says on stderr why the VM ended, unless the guest simply exited, and
+/// gives mvm's exit status.
+fn report(end: &VmEnd) -> u8 {
+    match end {
+        VmEnd::PowerOff(exit) => {
+            match exit.reason {
+                ExitReason::Exit => {}
+                ExitReason::Panic => eprintln!("mvm: guest panicked (status {})", exit.status),
+                ExitReason::Unknown(code) => {
+                    eprintln!("mvm: guest powered off with unknown reason {code} (status {})", exit.status)
+                }
+            }
+            exit.status
+        }
+        VmEnd::Reset => {
+            eprintln!("mvm: guest asked for a reset; the VM was stopped");
+            0
+        }
+        VmEnd::Crashed(crash) => {
+            eprintln!("mvm: {crash}");
+            if let Some(registers) = crash.registers() {
+                eprintln!("mvm: {registers}");
+            }
+            status::GUEST_CRASHED
+        }
+        VmEnd::TimedOut(limit) => {
+            eprintln!("mvm: timeout after {} s: the VM was stopped", limit.as_secs_f64());
+            status::TIMEOUT
+        }
+    }
+}
+
+fn check(kvm_path: PathBuf) -> anyhow::Result<u8> {
+    let (kind, max_vcpus) = mvm_vmm::vm::host_kind(&kvm_path)?;
+    println!("kvm: {}", kvm_path.display());
+    println!("host: {}", kind.name());
+    println!("max_vcpus: {max_vcpus}");
+    Ok(0)
+}
