@@ -120,7 +120,7 @@ mod tests {
         let mut byte = [0u8; 1];
         bus.read(0x3fd, &mut byte).unwrap();
         assert_eq!(byte, [5]);
-        bus.write(0x3f8, &[b'x']).unwrap();
+        bus.write(0x3f8, b"x").unwrap();
         assert_eq!(a.lock().unwrap().0, vec![(0, vec![b'x'])]);
         assert_eq!(bus.read(0x400, &mut byte), Err(Unclaimed));
         assert_eq!(bus.write(0x3f7, &[0]), Err(Unclaimed));

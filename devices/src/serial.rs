@@ -76,7 +76,7 @@ impl<W: Write + Send> BusDevice for Com1<W> {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<VmRequest> {
-        let Some(&value) = data.first() else { return None };
+        let &value = data.first()?;
         if let Err(err) = self.uart.write(offset as u8, value) {
             // Counted in the metrics; logging every byte a closed stdout
             // swallows would flood the log with what the guest controls.

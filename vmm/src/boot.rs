@@ -101,7 +101,7 @@ mod tests {
         let map = e820_map(64 * MIB);
         assert_eq!(map.len(), 3);
         assert_eq!((map[0].addr, map[0].size, map[0].r#type), (0, EBDA_START, E820_RAM));
-        assert_eq!(map[1].r#type, E820_RESERVED);
+        assert_eq!({ map[1].r#type }, E820_RESERVED);
         assert_eq!((map[2].addr, map[2].size), (HIMEM_START, 63 * MIB));
         // The guest reports RAM to the nearest MiB: the hole must stay under half a MiB.
         assert!(64 * MIB - ram_total(&map) < MIB / 2);

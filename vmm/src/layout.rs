@@ -6,7 +6,7 @@
 //! continues at 4 GiB, leaving [3 GiB, 4 GiB) for device MMIO.
 
 pub const BOOT_GDT: u64 = 0x500;
-pub const BOOT_IDT: u64 = 0x520;
+pub const BOOT_IDT: u64 = 0x540;
 pub const ZERO_PAGE: u64 = 0x7000;
 /// Top of the boot stack (grows down towards the zero page's end at 0x8000).
 pub const BOOT_STACK_TOP: u64 = 0x8ff0;

@@ -25,7 +25,7 @@ pub enum KernelSource {
 impl KernelSource {
     pub fn describe(&self) -> String {
         match self {
-            KernelSource::Builtin(_) => "the builtin guest kernel".to_string(),
+            KernelSource::Builtin(_) => "builtin".to_string(),
             KernelSource::Path(p) => p.display().to_string(),
         }
     }
@@ -186,25 +186,24 @@ fn open_file(path: &Path) -> Result<File, LoaderError> {
 }
 
 fn inspect(name: &str, image: &mut Image) -> Result<KernelSpan, LoaderError> {
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source: std::io::Error| LoaderError::Malformed {
-            kernel: name.to_string(),
-            format: "image",
-            what: format!("{what}: {source}"),
-        }
-    };
-    let mut magic = [0u8; 4];
-    image.rewind().map_err(io("rewind"))?;
-    if image.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC {
+    if read_at(name, image, 0)? == Some(*ELF_MAGIC) {
         return inspect_elf(name, image);
     }
-    let mut hdr_magic = [0u8; 4];
-    image.seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET)).map_err(io("seek"))?;
-    if image.read_exact(&mut hdr_magic).is_ok() && u32::from_le_bytes(hdr_magic) == BZIMAGE_MAGIC {
+    if read_at(name, image, BZIMAGE_MAGIC_OFFSET)?.map(u32::from_le_bytes) == Some(BZIMAGE_MAGIC) {
         return inspect_bzimage(name, image);
     }
     Err(LoaderError::UnknownFormat(name.to_string()))
+}
+
+/// Four bytes at `offset`, None past the end of the image.
+fn read_at(name: &str, image: &mut Image, offset: u64) -> Result<Option<[u8; 4]>, LoaderError> {
+    let mut bytes = [0u8; 4];
+    let result = image.seek(SeekFrom::Start(offset)).and_then(|_| image.read_exact(&mut bytes));
+    match result {
+        Ok(()) => Ok(Some(bytes)),
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(source) => Err(LoaderError::Read { path: name.into(), source }),
+    }
 }
 
 fn malformed(kernel: &str, format: &'static str, what: impl Into<String>) -> LoaderError {

@@ -8,8 +8,8 @@
 //! thread [`kick_signal`] until the thread has ended. The signal makes a
 //! KVM_RUN in progress return EINTR. A signal that lands between the
 //! thread's check of the flag and its entry into KVM_RUN is lost, and the
-//! next one, a few hundred microseconds later, catches it; this retry is
-//! what closes that window, without a signal handler touching the vCPU.
+//! next one, microseconds later, catches it; this retry is what closes that
+//! window, without a signal handler touching the vCPU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -167,13 +167,25 @@ pub struct VcpuThread {
     handle: JoinHandle<()>,
 }
 
-/// How often a stopping vCPU is kicked until it has ended.
-const KICK_INTERVAL: Duration = Duration::from_micros(500);
+/// The first wait between kicks of a stopping vCPU; it doubles up to
+/// [`KICK_INTERVAL_MAX`]. A vCPU in KVM_RUN leaves it within microseconds of
+/// the signal, so the first retries come soon.
+const KICK_INTERVAL_MIN: Duration = Duration::from_micros(20);
+const KICK_INTERVAL_MAX: Duration = Duration::from_millis(1);
 
 impl VcpuThread {
+    /// Joins a thread that has ended on its own, or is about to: the one
+    /// whose report ended the VM.
+    pub fn join(self) {
+        if self.handle.join().is_err() {
+            tracing::error!("a vCPU thread panicked");
+        }
+    }
+
     /// Kicks the thread until it has seen the stop flag (set by the caller),
     /// then joins it.
     pub fn stop_and_join(self) {
+        let mut interval = KICK_INTERVAL_MIN;
         while !self.handle.is_finished() {
             // pthread_kill on a thread that ended but is not yet joined is
             // still valid, so the race with its end is harmless.
@@ -181,11 +193,10 @@ impl VcpuThread {
                 tracing::warn!("cannot signal a vCPU thread: {err}");
                 break;
             }
-            std::thread::sleep(KICK_INTERVAL);
+            std::thread::sleep(interval);
+            interval = (interval * 2).min(KICK_INTERVAL_MAX);
         }
-        if self.handle.join().is_err() {
-            tracing::error!("a vCPU thread panicked");
-        }
+        self.join();
     }
 }
 

@@ -198,19 +198,21 @@ fn end_of(vcpu_end: VcpuEnd) -> VmEnd {
 /// booting; everything the guest does is a [`VmEnd`].
 pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<VmEnd, VmError> {
     let started = Instant::now();
-    let host = Host::open(&config.kvm_path)?;
+    // The user's input first, then the host: a bad request fails the same
+    // way on any machine.
     if config.vcpus == 0 {
         return Err(VmError::NoVcpus);
-    }
-    if config.vcpus > host.max_vcpus() as u64 {
-        return Err(VmError::TooManyVcpus { asked: config.vcpus, max: host.max_vcpus() });
     }
     let mem_size = memory::check_size(config.memory_mib, host_memory_bytes())?;
     let kernel = Kernel::open(&config.kernel)?;
     kernel.check_fits(low_ram_end(mem_size))?;
     let cmdline_text = config.cmdline();
-    // Validate the user's text before creating anything; the PVM token is added later.
+    // The PVM token is added once the host is known; the user's text is checked now.
     boot::cmdline(cmdline_text)?;
+    let host = Host::open(&config.kvm_path)?;
+    if config.vcpus > host.max_vcpus() as u64 {
+        return Err(VmError::TooManyVcpus { asked: config.vcpus, max: host.max_vcpus() });
+    }
 
     let mem = memory::create(mem_size)?;
     let vm = host.kvm.create_vm().map_err(kvm_err("create a VM"))?;
@@ -275,15 +277,31 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     drop(events_tx);
     tracing::debug!(host = kind.name(), "guest started {:?} after launch", started.elapsed());
 
-    let end = match config.timeout {
+    const REPORTS: &str = "a vCPU thread always reports before it ends";
+    let first = match config.timeout {
         Some(limit) => match events.recv_timeout(limit.saturating_sub(started.elapsed())) {
-            Ok(end) => end_of(end),
-            Err(RecvTimeoutError::Timeout) => VmEnd::TimedOut(limit),
-            Err(RecvTimeoutError::Disconnected) => unreachable!("a vCPU thread always reports before it ends"),
+            Ok(first) => Ok(first),
+            Err(RecvTimeoutError::Timeout) => Err(VmEnd::TimedOut(limit)),
+            Err(RecvTimeoutError::Disconnected) => unreachable!("{REPORTS}"),
         },
-        None => end_of(events.recv().expect("a vCPU thread always reports before it ends")),
+        None => Ok(events.recv().expect(REPORTS)),
     };
-    stop_all(&stop, threads);
+    let (end, reporter) = match first {
+        Ok(first) => {
+            let index = first.index;
+            (end_of(first), Some(index))
+        }
+        Err(timed_out) => (timed_out, None),
+    };
+    stop.store(true, Ordering::Release);
+    for (index, thread) in threads.into_iter().enumerate() {
+        // The reporting thread is on its way out: no need to kick it.
+        if Some(index as u64) == reporter {
+            thread.join();
+        } else {
+            thread.stop_and_join();
+        }
+    }
     // The vCPUs, then the VM, then guest memory: KVM must let go of the memory first.
     drop(parked);
     drop(vm);

@@ -1,0 +1,289 @@
+//! `mvm boot` end to end: the builtin guest boots under /dev/kvm, prints its
+//! banner and exits with the status it was given; every way a boot can go
+//! wrong ends with a clear message and a non-zero status, never a hang.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{boot, expected_mode, guest_elf, kvm_or_skip, mvm, run, text};
+
+const MVM_ERROR: i32 = 125;
+const TIMEOUT: i32 = 124;
+const CRASHED: i32 = 123;
+
+#[test]
+fn builtin_guest_prints_banner_and_exits_zero() {
+    if !kvm_or_skip("builtin_guest_prints_banner_and_exits_zero") {
+        return;
+    }
+    let mode = expected_mode();
+    let (code, stdout, stderr) = boot(&["--cmdline", "hello world"]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let pvm_token = if mode == "pvm" { "mvm.pvm=1 " } else { "" };
+    let banner = format!("mvm-guest 0.1.0: mode={mode} 64 MiB RAM, cmdline \"{pvm_token}hello world\"\n");
+    assert_eq!(stdout, banner);
+}
+
+#[test]
+fn guest_exit_status_passes_through() {
+    if !kvm_or_skip("guest_exit_status_passes_through") {
+        return;
+    }
+    for status in ["1", "42", "255"] {
+        let (code, stdout, _) = boot(&["--cmdline", &format!("mvm.exit={status}")]);
+        assert_eq!(code.to_string(), status, "stdout: {stdout}");
+    }
+}
+
+#[test]
+fn banner_reports_the_memory_size() {
+    if !kvm_or_skip("banner_reports_the_memory_size") {
+        return;
+    }
+    for mib in ["4", "37", "3500"] {
+        let (code, stdout, stderr) = boot(&["--memory-mib", mib]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains(&format!(" {mib} MiB RAM,")), "{mib}: {stdout}");
+    }
+}
+
+#[test]
+fn several_vcpus_boot() {
+    if !kvm_or_skip("several_vcpus_boot") {
+        return;
+    }
+    let (code, stdout, stderr) = boot(&["--vcpus", "4", "--cmdline", "mvm.exit=4"]);
+    assert_eq!(code, 4, "{stdout}{stderr}");
+}
+
+#[test]
+fn kernel_from_a_file_boots_with_the_irqchip() {
+    if !kvm_or_skip("kernel_from_a_file_boots_with_the_irqchip") {
+        return;
+    }
+    let elf = guest_elf();
+    let (code, stdout, stderr) = boot(&["--kernel", elf.to_str().unwrap(), "--cmdline", "mvm.exit=3"]);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    assert!(stdout.starts_with("mvm-guest 0.1.0: mode="), "{stdout}");
+}
+
+#[test]
+fn guest_panic_is_reported_with_its_status() {
+    if !kvm_or_skip("guest_panic_is_reported_with_its_status") {
+        return;
+    }
+    let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=panic"]);
+    assert_eq!(code, 101);
+    assert!(stdout.contains("guest panic: panicked at"), "{stdout}");
+    assert!(stdout.contains("self-test panic requested"), "{stdout}");
+    assert!(stderr.contains("guest panicked (status 101)"), "{stderr}");
+}
+
+#[test]
+fn bad_guest_argument_panics_in_the_guest() {
+    if !kvm_or_skip("bad_guest_argument_panics_in_the_guest") {
+        return;
+    }
+    let (code, stdout, _) = boot(&["--cmdline", "mvm.exit=256"]);
+    assert_eq!(code, 101);
+    assert!(stdout.contains("mvm.exit=256: expected a status from 0 to 255"), "{stdout}");
+}
+
+#[test]
+fn triple_fault_is_reported_with_rip() {
+    if !kvm_or_skip("triple_fault_is_reported_with_rip") {
+        return;
+    }
+    let (code, _, stderr) = boot(&["--cmdline", "mvm.test=triple-fault"]);
+    assert_eq!(code, CRASHED, "{stderr}");
+    assert!(stderr.contains("mvm: guest crashed (triple fault) at rip=0x"), "{stderr}");
+    assert!(stderr.contains("vcpu0: rip=0x"), "{stderr}");
+}
+
+#[test]
+fn spinning_guest_is_stopped_by_the_timeout() {
+    if !kvm_or_skip("spinning_guest_is_stopped_by_the_timeout") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = boot(&["--cmdline", "mvm.test=spin", "--timeout-s", "0.5"]);
+    assert_eq!(code, TIMEOUT, "{stderr}");
+    assert!(stderr.contains("timeout after 0.5 s"), "{stderr}");
+    // Not a speed check: only that the VM did not run on to some other limit.
+    assert!(started.elapsed().as_secs() < 30);
+}
+
+fn assert_error(args: &[&str], expected: &str) {
+    let (code, stdout, stderr) = boot(args);
+    assert_eq!(code, MVM_ERROR, "{args:?}: stdout {stdout} stderr {stderr}");
+    assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr:?}");
+    assert!(!stderr.contains("panicked at"), "{stderr}");
+}
+
+#[test]
+fn missing_kvm_device_says_so() {
+    let out = run(mvm().args(["--kvm-device", "/nonexistent/kvm", "boot"]));
+    assert_eq!(out.status.code(), Some(MVM_ERROR));
+    assert!(text(&out.stderr).contains("/nonexistent/kvm: no such device: KVM is not available"));
+}
+
+#[test]
+fn a_device_that_is_not_kvm_says_so() {
+    let out = run(mvm().args(["--kvm-device", "/dev/null", "boot"]));
+    assert_eq!(out.status.code(), Some(MVM_ERROR));
+    assert!(text(&out.stderr).contains("/dev/null: not a KVM device"), "{}", text(&out.stderr));
+}
+
+/// Runs mvm as an unprivileged user: as `nobody` through setpriv when the
+/// tests run as root, as the user otherwise. None when that cannot be done.
+fn unprivileged(args: &[&str]) -> Option<std::process::Output> {
+    let mut cmd = if common::is_root() {
+        if run(std::process::Command::new("setpriv").arg("--version")).status.code() != Some(0) {
+            return None;
+        }
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_mvm")]);
+        c
+    } else {
+        mvm()
+    };
+    Some(run(cmd.args(args)))
+}
+
+#[test]
+fn inaccessible_kvm_device_says_how_to_fix_it() {
+    if !kvm_or_skip("inaccessible_kvm_device_says_how_to_fix_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A KVM device node only root may open, whatever /dev/kvm's own mode is.
+    let node = dir.path().join("kvm");
+    let made = std::process::Command::new("mknod").arg(&node).args(["c", "10", "232"]).status();
+    if !common::is_root() || !made.is_ok_and(|s| s.success()) {
+        common::skipped("inaccessible_kvm_device_says_how_to_fix_it", "needs root to make a device node");
+        return;
+    }
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(out) = unprivileged(&["--kvm-device", node.to_str().unwrap(), "boot"]) else {
+        common::skipped("inaccessible_kvm_device_says_how_to_fix_it", "setpriv is missing");
+        return;
+    };
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(MVM_ERROR), "{stderr}");
+    assert!(stderr.contains("permission denied: add your user to the kvm group"), "{stderr}");
+}
+
+#[test]
+fn missing_kernel_file() {
+    assert_error(&["--kernel", "/nonexistent/vmlinux"], "kernel /nonexistent/vmlinux: no such file");
+}
+
+#[test]
+fn unreadable_kernel_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinux");
+    std::fs::copy(guest_elf(), &kernel).unwrap();
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(out) = unprivileged(&["boot", "--kernel", kernel.to_str().unwrap()]) else {
+        common::skipped("unreadable_kernel_file", "setpriv is missing");
+        return;
+    };
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(MVM_ERROR), "{stderr}");
+    assert!(stderr.contains(&format!("kernel {}: cannot read", kernel.display())), "{stderr}");
+    assert!(stderr.contains("ermission denied"), "{stderr}");
+}
+
+#[test]
+fn kernel_that_is_a_directory() {
+    assert_error(&["--kernel", "/"], "kernel /: is a directory");
+}
+
+#[test]
+fn kernel_that_is_neither_elf_nor_bzimage() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("vmlinux");
+    std::fs::write(&script, b"#!/bin/sh\necho this is no kernel\n").unwrap();
+    assert_error(&["--kernel", script.to_str().unwrap()], "not an x86-64 ELF vmlinux or a bzImage");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert_error(&["--kernel", empty.to_str().unwrap()], "not an x86-64 ELF vmlinux or a bzImage");
+}
+
+/// The guest ELF with its last loadable segment grown to `memsz` bytes.
+fn guest_with_segment_size(memsz: u64) -> Vec<u8> {
+    let mut elf = std::fs::read(guest_elf()).unwrap();
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes(b[at..at + 2].try_into().unwrap()) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(&elf, 0x36), u16_at(&elf, 0x38));
+    let last_load = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .rfind(|ph| u32::from_le_bytes(elf[*ph..*ph + 4].try_into().unwrap()) == 1)
+        .expect("the guest has a PT_LOAD segment");
+    elf[last_load + 0x28..last_load + 0x30].copy_from_slice(&memsz.to_le_bytes());
+    elf
+}
+
+#[test]
+fn kernel_too_big_for_guest_ram() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, guest_with_segment_size(1 << 30)).unwrap();
+    assert_error(
+        &["--kernel", kernel.to_str().unwrap(), "--memory-mib", "64"],
+        "MiB) but the VM's RAM below 3 GiB ends at 0x4000000: raise --memory-mib",
+    );
+}
+
+#[test]
+fn memory_too_small_for_the_kernel() {
+    assert_error(&["--memory-mib", "2"], "kernel builtin: needs guest memory up to");
+    assert_error(&["--memory-mib", "0"], "guest memory of 0 MiB is too small");
+}
+
+#[test]
+fn memory_larger_than_the_host() {
+    assert_error(&["--memory-mib", "100000000"], "is more than this host has");
+}
+
+#[test]
+fn vcpu_count_out_of_range() {
+    assert_error(&["--vcpus", "0"], "--vcpus must be at least 1");
+    if !kvm_or_skip("vcpu_count_out_of_range") {
+        return;
+    }
+    let too_many = (common::max_vcpus() + 1).to_string();
+    assert_error(&["--vcpus", &too_many], "but this host's KVM allows at most");
+}
+
+#[test]
+fn bad_command_lines() {
+    assert_error(&["--cmdline", &"x".repeat(5000)], "command line is longer than 4095 bytes");
+    assert_error(&["--cmdline", "caf\u{e9}"], "command line may hold only printable ASCII");
+}
+
+#[test]
+fn bad_flag_values_are_refused_by_the_parser() {
+    for args in [&["--timeout-s", "0"][..], &["--timeout-s", "soon"], &["--memory-mib", "lots"], &["--vcpus", "many"]] {
+        let out = run(mvm().arg("boot").args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains("invalid value"), "{args:?}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = run(mvm().arg("--help"));
+    let help = text(&out.stdout);
+    for word in ["boot", "check", "--verbose", "--kvm-device", "Exit status"] {
+        assert!(help.contains(word), "mvm --help lacks {word}: {help}");
+    }
+    let out = run(mvm().args(["boot", "--help"]));
+    let help = text(&out.stdout);
+    for word in ["--kernel", "--memory-mib", "--vcpus", "--cmdline", "--timeout-s", "mvm.exit"] {
+        assert!(help.contains(word), "mvm boot --help lacks {word}: {help}");
+    }
+}

@@ -1,0 +1,78 @@
+//! What every integration test needs: the mvm binary, the guest kernel file,
+//! and the rule for hosts without KVM.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn mvm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mvm"))
+}
+
+/// The tiny guest as a file, as build.rs built it (the same bytes as
+/// `--kernel builtin`).
+pub fn guest_elf() -> PathBuf {
+    PathBuf::from(env!("MVM_GUEST_ELF"))
+}
+
+/// True when the test may use KVM. With MVM_SKIP_KVM=1 it says loudly that
+/// the test is skipped; otherwise a missing /dev/kvm fails the test.
+pub fn kvm_or_skip(test: &str) -> bool {
+    if std::env::var("MVM_SKIP_KVM").as_deref() == Ok("1") {
+        skipped(test, "MVM_SKIP_KVM=1 says this host has no KVM on purpose");
+        return false;
+    }
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "{test} needs /dev/kvm and this host has none; set MVM_SKIP_KVM=1 if that is deliberate"
+    );
+    true
+}
+
+/// The banner's mode on this host: "pvm" on a PVM host, "native" on VMX/SVM.
+pub fn expected_mode() -> &'static str {
+    let out = run(mvm().arg("check"));
+    assert!(out.status.success(), "mvm check failed: {}", text(&out.stderr));
+    if text(&out.stdout).lines().any(|l| l == "host: pvm") {
+        "pvm"
+    } else {
+        "native"
+    }
+}
+
+pub fn max_vcpus() -> u64 {
+    let out = run(mvm().arg("check"));
+    text(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("max_vcpus: "))
+        .and_then(|n| n.parse().ok())
+        .expect("mvm check prints max_vcpus")
+}
+
+/// Says on the real stderr, past the test harness's capture, that a test
+/// did not check what it is for.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("cannot run mvm")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `mvm boot` with `args` and returns (exit status, stdout, stderr).
+pub fn boot(args: &[&str]) -> (i32, String, String) {
+    let out = run(mvm().arg("boot").args(args));
+    let code = out.status.code().expect("mvm was killed by a signal");
+    (code, text(&out.stdout), text(&out.stderr))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
