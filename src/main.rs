@@ -14,6 +14,7 @@ static BUILTIN_GUEST: &[u8] = include_bytes!(env!("MVM_GUEST_ELF"));
 
 /// Exit statuses of mvm itself; a guest's own status passes through as is.
 mod status {
+    pub const OUT_OF_MEMORY: u8 = 122;
     pub const GUEST_CRASHED: u8 = 123;
     pub const TIMEOUT: u8 = 124;
     pub const MVM_ERROR: u8 = 125;
@@ -26,8 +27,9 @@ mod status {
     about = "Run untrusted code in its own tiny KVM virtual machine",
     long_about = "mvm gives every job its own microVM: a minimal monitor boots a tiny guest kernel \
                   with a serial console, under KVM (hardware VMX/SVM or PVM).\n\n\
-                  Exit status: the guest's own (0-255) when it powers off; 123 when the guest \
-                  crashed; 124 on --timeout-s; 125 when mvm itself failed (bad input, no KVM)."
+                  Exit status: the guest's own (0-255) when it powers off; 122 when the guest ran \
+                  out of memory; 123 when the guest crashed; 124 on --timeout-s; 125 when mvm itself \
+                  failed (bad input, no KVM)."
 )]
 struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -136,13 +138,17 @@ fn report(end: &VmEnd) -> u8 {
     match end {
         VmEnd::PowerOff(exit) => {
             match exit.reason {
-                ExitReason::Exit => {}
+                ExitReason::Exit | ExitReason::Fault | ExitReason::OutOfMemory => {}
                 ExitReason::Panic => eprintln!("mvm: guest panicked (status {})", exit.status),
                 ExitReason::Unknown(code) => {
                     eprintln!("mvm: guest powered off with unknown reason {code} (status {})", exit.status)
                 }
             }
             exit.status
+        }
+        VmEnd::OutOfMemory { ram_mib } => {
+            eprintln!("mvm: guest out of memory (guest RAM {ram_mib} MiB)");
+            status::OUT_OF_MEMORY
         }
         VmEnd::Reset => {
             eprintln!("mvm: guest asked for a reset; the VM was stopped");

@@ -7,13 +7,16 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// What a device access asks of the VM beyond the access itself.
+/// What a device access asks of the VM, or of the vCPU that made it, beyond
+/// the access itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmRequest {
     /// The guest powered off with this status and reason.
     PowerOff(crate::power::GuestExit),
     /// The guest asked for a reset (i8042 pulse): mvm ends the VM.
     Reset,
+    /// Resume this vCPU from its next halt after this long (None: cancel).
+    WakeAfter(Option<std::time::Duration>),
 }
 
 pub trait BusDevice: Send {

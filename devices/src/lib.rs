@@ -4,8 +4,10 @@
 //! [`bus::Bus`].
 
 pub mod bus;
+pub mod clock;
 pub mod i8042;
 pub mod power;
 pub mod serial;
+pub mod timer;
 
 pub use bus::{Bus, BusDevice, BusError, Unclaimed, VmRequest};

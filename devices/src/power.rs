@@ -3,8 +3,10 @@
 //! One 32-bit register at I/O port [`EXIT_PORT`]. Writing `reason << 8 |
 //! status` ends the VM: `status` (bits 0-7) becomes the exit status of
 //! `mvm boot`, `reason` (bits 8-15) says why the guest stopped: 0 a normal
-//! exit, 1 a guest panic. 8- and 16-bit writes are zero-extended. Reads
-//! return 0. The layout is documented in guest-image/README.md.
+//! exit, 1 a guest panic, 2 a CPU exception (status = the vector; the VMM
+//! reads RDI = RIP, RSI = error code, R8 = CR2, R9 bit 0 = stack overflow
+//! from the vCPU), 3 out of memory. 8- and 16-bit writes are zero-extended.
+//! Reads return 0. The layout is documented in guest-image/README.md.
 
 use crate::bus::{BusDevice, VmRequest};
 
@@ -15,6 +17,8 @@ pub const EXIT_PORT_LEN: u64 = 4;
 pub enum ExitReason {
     Exit,
     Panic,
+    Fault,
+    OutOfMemory,
     /// A reason this VMM does not know; the status still counts.
     Unknown(u8),
 }
@@ -35,6 +39,8 @@ impl GuestExit {
         let reason = match reason {
             0 => ExitReason::Exit,
             1 => ExitReason::Panic,
+            2 => ExitReason::Fault,
+            3 => ExitReason::OutOfMemory,
             other => ExitReason::Unknown(other),
         };
         GuestExit { reason, status }

@@ -11,9 +11,18 @@ const E820_RAM: u32 = 1;
 /// Linux's COMMAND_LINE_SIZE is 2048; the VMM allows more, so read at most this.
 const CMDLINE_MAX: usize = 4096;
 
+/// More RAM ranges than the VMM ever makes; extra ones are ignored.
+const RAM_RANGES_MAX: usize = 32;
+
+#[derive(Clone, Copy)]
+pub struct MemoryRange {
+    pub start: u64,
+    pub len: u64,
+}
+
 pub struct BootInfo {
-    /// Bytes of usable RAM in the e820 map.
-    ram_bytes: u64,
+    ram: [MemoryRange; RAM_RANGES_MAX],
+    ram_count: usize,
     pub cmdline: &'static [u8],
 }
 
@@ -30,14 +39,17 @@ impl BootInfo {
             let high = read::<u32>(zero_page, EXT_CMD_LINE_PTR) as u64;
             (entries.min(E820_MAX), low | high << 32)
         };
-        let mut ram_bytes = 0u64;
+        let mut ram = [MemoryRange { start: 0, len: 0 }; RAM_RANGES_MAX];
+        let mut ram_count = 0;
         for i in 0..entries {
             let at = E820_TABLE + i * E820_ENTRY_SIZE;
             // SAFETY: `entries` is capped at the table's 128 slots, all inside
             // the zero page.
-            let (len, kind) = unsafe { (read::<u64>(zero_page, at + 8), read::<u32>(zero_page, at + 16)) };
-            if kind == E820_RAM {
-                ram_bytes = ram_bytes.saturating_add(len);
+            let (start, len, kind) =
+                unsafe { (read::<u64>(zero_page, at), read::<u64>(zero_page, at + 8), read::<u32>(zero_page, at + 16)) };
+            if kind == E820_RAM && ram_count < RAM_RANGES_MAX && start.checked_add(len).is_some() {
+                ram[ram_count] = MemoryRange { start, len };
+                ram_count += 1;
             }
         }
         let cmdline = if cmdline_addr == 0 {
@@ -54,14 +66,24 @@ impl BootInfo {
                 core::slice::from_raw_parts(base, len)
             }
         };
-        BootInfo { ram_bytes, cmdline }
+        BootInfo { ram, ram_count, cmdline }
+    }
+
+    pub fn ram(&self) -> &[MemoryRange] {
+        &self.ram[..self.ram_count]
+    }
+
+    /// The end of the highest RAM range.
+    pub fn ram_top(&self) -> u64 {
+        self.ram().iter().map(|r| r.start + r.len).max().unwrap_or(0)
     }
 
     /// Usable RAM to the nearest MiB: the legacy hole below 1 MiB that the
     /// map leaves out is less than half a MiB, so this is the size the VMM
     /// was given.
     pub fn ram_mib(&self) -> u64 {
-        (self.ram_bytes + (1 << 19)) >> 20
+        let bytes: u64 = self.ram().iter().map(|r| r.len).sum();
+        (bytes + (1 << 19)) >> 20
     }
 }
 

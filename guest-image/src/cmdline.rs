@@ -11,12 +11,13 @@ pub const PANIC_STATUS: u8 = 101;
 pub struct Args {
     pub pvm: bool,
     pub exit_status: u8,
+    pub tsc_khz: Option<u64>,
     pub test: Option<&'static [u8]>,
 }
 
 impl Args {
     pub fn parse(cmdline: &'static [u8]) -> Args {
-        let mut args = Args { pvm: false, exit_status: 0, test: None };
+        let mut args = Args { pvm: false, exit_status: 0, tsc_khz: None, test: None };
         for word in cmdline.split(|b| *b == b' ').filter(|w| !w.is_empty()) {
             let (key, value) = match word.iter().position(|b| *b == b'=') {
                 Some(i) => (&word[..i], &word[i + 1..]),
@@ -24,9 +25,13 @@ impl Args {
             };
             match key {
                 b"mvm.pvm" => args.pvm = value == b"1",
-                b"mvm.exit" => match parse_u8(value) {
+                b"mvm.exit" => match parse_u64(value).and_then(|n| u8::try_from(n).ok()) {
                     Some(status) => args.exit_status = status,
                     None => panic!("mvm.exit={}: expected a status from 0 to 255", Display(value)),
+                },
+                b"mvm.tsc_khz" => match parse_u64(value) {
+                    Some(khz) => args.tsc_khz = Some(khz),
+                    None => panic!("mvm.tsc_khz={}: expected a frequency in kHz", Display(value)),
                 },
                 b"mvm.test" => args.test = Some(value),
                 _ => {}
@@ -36,18 +41,14 @@ impl Args {
     }
 }
 
-fn parse_u8(digits: &[u8]) -> Option<u8> {
-    if digits.is_empty() || digits.len() > 3 {
+pub fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
         return None;
     }
-    let mut n: u16 = 0;
-    for d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u16::from(d - b'0');
-    }
-    u8::try_from(n).ok()
+    digits.iter().try_fold(0u64, |n, d| {
+        let digit = char::from(*d).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Shows command-line bytes as text, escaping what is not printable ASCII.

@@ -2,8 +2,9 @@
 //! driver does no UART set-up and polls the line status only once per FIFO
 //! (16 bytes), as a 16550A with its FIFO enabled allows.
 
-use core::arch::asm;
 use core::fmt::{self, Write};
+
+use crate::port::{inb, outb};
 
 const COM1: u16 = 0x3f8;
 const LSR: u16 = COM1 + 5;
@@ -38,16 +39,4 @@ impl Write for Com1 {
 pub fn print(args: fmt::Arguments<'_>) {
     // A full FIFO at the start costs one status read and is always correct.
     let _ = Com1 { in_fifo: FIFO_LEN }.write_fmt(args);
-}
-
-pub fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O to the UART has no memory effects on the guest.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
-}
-
-fn inb(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: reading the UART's line status has no memory effects.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
-    value
 }

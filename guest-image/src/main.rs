@@ -9,13 +9,23 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod bootparams;
 mod cmdline;
 mod console;
+mod gdt;
+mod idle;
+mod interrupts;
+mod memory;
+mod paging;
+mod port;
 mod power;
 mod pvm;
 mod rt;
 mod selftest;
+mod time;
+mod workload;
 
 use core::arch::global_asm;
 
@@ -32,6 +42,7 @@ global_asm!(
     .code64
 _start:
     lea rsp, [rip + __boot_stack_top]
+    xor ebp, ebp
     mov r15, rsi
     call pvm_early_switch
     lea rdi, [rip + __bss_start]
@@ -53,6 +64,12 @@ extern "C" fn kernel_main(boot_params: *const u8) -> ! {
     let boot = unsafe { BootInfo::read(boot_params) };
     let args = cmdline::Args::parse(boot.cmdline);
     let mode = pvm::confirm_mode(args.pvm);
+    gdt::init();
+    interrupts::init();
+    let mut frames = memory::Frames::new(boot.ram());
+    paging::init(&mut frames, boot.ram_top(), mode != pvm::Mode::Native);
+    memory::init_heap(&mut frames);
+    time::init(args.tsc_khz);
 
     console::print(format_args!(
         "mvm-guest {VERSION}: mode={} {} MiB RAM, cmdline \"{}\"\n",

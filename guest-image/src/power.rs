@@ -2,23 +2,38 @@
 
 use core::arch::asm;
 
+use crate::port::outl;
+
 const EXIT_PORT: u16 = 0x600;
 
 #[repr(u32)]
-pub enum Reason {
+enum Reason {
     Exit = 0,
     Panic = 1,
+    Fault = 2,
+    OutOfMemory = 3,
 }
 
-fn power_off(reason: Reason, status: u8) -> ! {
-    let value = (reason as u32) << 8 | u32::from(status);
-    // SAFETY: the write ends the VM; nothing in the guest depends on it.
-    unsafe { asm!("out dx, eax", in("dx") EXIT_PORT, in("eax") value, options(nomem, nostack)) };
+/// What the VMM reads from the registers at a fault power-off.
+pub struct FaultReport {
+    pub vector: u8,
+    pub rip: u64,
+    pub error_code: u64,
+    pub cr2: u64,
+    pub stack_overflow: bool,
+}
+
+fn halt_forever() -> ! {
     // A VMM without the port: stop here rather than run on.
     loop {
         // SAFETY: halting with nothing left to do.
         unsafe { asm!("hlt", options(nomem, nostack)) };
     }
+}
+
+fn power_off(reason: Reason, status: u8) -> ! {
+    outl(EXIT_PORT, (reason as u32) << 8 | u32::from(status));
+    halt_forever()
 }
 
 pub fn exit(status: u8) -> ! {
@@ -27,4 +42,20 @@ pub fn exit(status: u8) -> ! {
 
 pub fn panic(status: u8) -> ! {
     power_off(Reason::Panic, status)
+}
+
+pub fn out_of_memory() -> ! {
+    power_off(Reason::OutOfMemory, 0)
+}
+
+/// Reason "fault", status = the vector; RDI = faulting RIP, RSI = error
+/// code, R8 = CR2, R9 bit 0 = stack overflow.
+pub fn fault(report: FaultReport) -> ! {
+    let value = (Reason::Fault as u32) << 8 | u32::from(report.vector);
+    // SAFETY: the write ends the VM; the extra registers are only read by it.
+    unsafe {
+        asm!("out dx, eax", in("dx") EXIT_PORT, in("eax") value, in("rdi") report.rip, in("rsi") report.error_code,
+             in("r8") report.cr2, in("r9") u64::from(report.stack_overflow), options(nomem, nostack));
+    }
+    halt_forever()
 }

@@ -13,9 +13,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_sregs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -32,7 +32,7 @@ pub struct Buses {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopCause {
     Request(VmRequest),
-    /// `hlt` with nothing that could ever wake the vCPU (no interrupt source).
+    /// `hlt` with no deadline armed and nothing else that could wake it.
     Halted,
     TripleFault,
     InternalError,
@@ -45,6 +45,10 @@ pub enum StopCause {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ExitAction {
     Continue,
+    /// Arm (or, with None, cancel) this vCPU's wake deadline.
+    SetWake(Option<Duration>),
+    /// The vCPU halted: wait for its deadline or another wake-up.
+    Halt,
     Stop(StopCause),
 }
 
@@ -68,6 +72,7 @@ impl ExitStats {
 
 pub fn handle_exit(exit: VcpuExit<'_>, buses: &Buses, stats: &mut ExitStats) -> ExitAction {
     let request = |result: Result<Option<VmRequest>, _>, stats: &mut ExitStats, what, addr, len| match result {
+        Ok(Some(VmRequest::WakeAfter(after))) => ExitAction::SetWake(after),
         Ok(Some(request)) => ExitAction::Stop(StopCause::Request(request)),
         Ok(None) => ExitAction::Continue,
         Err(_) => {
@@ -95,7 +100,7 @@ pub fn handle_exit(exit: VcpuExit<'_>, buses: &Buses, stats: &mut ExitStats) -> 
             }
             ExitAction::Continue
         }
-        VcpuExit::Hlt => ExitAction::Stop(StopCause::Halted),
+        VcpuExit::Hlt => ExitAction::Halt,
         VcpuExit::Shutdown => ExitAction::Stop(StopCause::TripleFault),
         VcpuExit::InternalError => ExitAction::Stop(StopCause::InternalError),
         VcpuExit::FailEntry(reason, _cpu) => ExitAction::Stop(StopCause::FailEntry { reason }),
@@ -163,8 +168,38 @@ fn install_kick_handler() -> std::io::Result<()> {
     result
 }
 
+/// Resumes a halted vCPU: its deadline's end, a device completion or the
+/// VM's end notify it. A notification that comes while the vCPU runs is kept
+/// for its next halt, so none is lost between the halt exit and the wait.
+#[derive(Default)]
+pub struct Wakeup {
+    pending: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Wakeup {
+    pub fn notify(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.changed.notify_one();
+    }
+
+    /// Blocks until notified or until `deadline`, whichever comes first.
+    fn wait_until(&self, deadline: Instant) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        while !*pending {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            pending = self.changed.wait_timeout(pending, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *pending = false;
+    }
+}
+
 pub struct VcpuThread {
     handle: JoinHandle<()>,
+    wakeup: Arc<Wakeup>,
 }
 
 /// The first wait between kicks of a stopping vCPU; it doubles up to
@@ -182,9 +217,10 @@ impl VcpuThread {
         }
     }
 
-    /// Kicks the thread until it has seen the stop flag (set by the caller),
-    /// then joins it.
+    /// Wakes the thread if it is halted and kicks it out of KVM_RUN until it
+    /// has seen the stop flag (set by the caller), then joins it.
     pub fn stop_and_join(self) {
+        self.wakeup.notify();
         let mut interval = KICK_INTERVAL_MIN;
         while !self.handle.is_finished() {
             // pthread_kill on a thread that ended but is not yet joined is
@@ -208,18 +244,21 @@ pub fn spawn(
     events: Sender<VcpuEnd>,
 ) -> std::io::Result<VcpuThread> {
     install_kick_handler()?;
+    let wakeup = Arc::new(Wakeup::default());
+    let thread_wakeup = wakeup.clone();
     let handle = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
-        if let Some(cause) = run_loop(&mut vcpu, &buses, &stop) {
+        if let Some(cause) = run_loop(&mut vcpu, &buses, &stop, &thread_wakeup) {
             // The VM may have stopped waiting already; nothing to tell then.
             let _ = events.send(VcpuEnd { index, cause });
         }
     })?;
-    Ok(VcpuThread { handle })
+    Ok(VcpuThread { handle, wakeup })
 }
 
 /// Runs until the guest stops the vCPU (Some) or the VM asks it to (None).
-fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool) -> Option<EndCause> {
+fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool, wakeup: &Wakeup) -> Option<EndCause> {
     let mut stats = ExitStats::default();
+    let mut deadline = None;
     loop {
         if stop.load(Ordering::Acquire) {
             return None;
@@ -229,14 +268,22 @@ fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool) -> Option<EndCa
             Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => continue,
             Err(err) => return Some(EndCause::RunFailed(err.into())),
         };
-        if let ExitAction::Stop(cause) = action {
-            return Some(guest_end(vcpu, cause));
+        match action {
+            ExitAction::Continue => {}
+            ExitAction::SetWake(after) => deadline = after.map(|after| Instant::now() + after),
+            ExitAction::Halt => match deadline.take() {
+                Some(at) => wakeup.wait_until(at),
+                None => return Some(guest_end(vcpu, StopCause::Halted)),
+            },
+            ExitAction::Stop(cause) => return Some(guest_end(vcpu, cause)),
         }
     }
 }
 
 fn guest_end(vcpu: &mut VcpuFd, cause: StopCause) -> EndCause {
-    let crashed = !matches!(cause, StopCause::Request(_));
+    // Crashes get a register dump; a guest fault report is in the registers.
+    let crashed = !matches!(cause, StopCause::Request(_))
+        || matches!(cause, StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::Fault, .. })));
     let state = crashed
         .then(|| Some(Box::new((vcpu.get_regs().ok()?, vcpu.get_sregs().ok()?))))
         .flatten();
@@ -252,12 +299,40 @@ fn guest_end(vcpu: &mut VcpuFd, cause: StopCause) -> EndCause {
 mod tests {
     use super::*;
     use mvm_devices::power::{ExitPort, EXIT_PORT, EXIT_PORT_LEN};
-    use std::sync::Mutex;
+    use mvm_devices::timer::{WakeTimer, WAKE_TIMER_LEN, WAKE_TIMER_PORT};
 
     fn buses() -> Buses {
         let mut io = Bus::new();
         io.insert(EXIT_PORT, EXIT_PORT_LEN, Arc::new(Mutex::new(ExitPort))).unwrap();
+        io.insert(WAKE_TIMER_PORT, WAKE_TIMER_LEN, Arc::new(Mutex::new(WakeTimer))).unwrap();
         Buses { io, mmio: Bus::new() }
+    }
+
+    #[test]
+    fn wake_timer_write_arms_the_deadline() {
+        let data = 2500u32.to_le_bytes();
+        let action = handle_exit(VcpuExit::IoOut(0x604, &data), &buses(), &mut ExitStats::default());
+        assert_eq!(action, ExitAction::SetWake(Some(Duration::from_micros(2500))));
+    }
+
+    #[test]
+    fn wakeup_returns_at_the_deadline_or_when_notified() {
+        let wakeup = Arc::new(Wakeup::default());
+        let start = Instant::now();
+        wakeup.wait_until(start + Duration::from_millis(20));
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        // A notification before the wait is kept for it.
+        wakeup.notify();
+        let start = Instant::now();
+        wakeup.wait_until(start + Duration::from_secs(60));
+        assert!(start.elapsed() < Duration::from_secs(30));
+        let notifier = wakeup.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            notifier.notify();
+        });
+        wakeup.wait_until(Instant::now() + Duration::from_secs(60));
+        t.join().unwrap();
     }
 
     #[test]
@@ -290,7 +365,7 @@ mod tests {
         let b = buses();
         let mut s = ExitStats::default();
         assert_eq!(handle_exit(VcpuExit::Shutdown, &b, &mut s), ExitAction::Stop(StopCause::TripleFault));
-        assert_eq!(handle_exit(VcpuExit::Hlt, &b, &mut s), ExitAction::Stop(StopCause::Halted));
+        assert_eq!(handle_exit(VcpuExit::Hlt, &b, &mut s), ExitAction::Halt);
         assert_eq!(handle_exit(VcpuExit::InternalError, &b, &mut s), ExitAction::Stop(StopCause::InternalError));
         assert_eq!(
             handle_exit(VcpuExit::FailEntry(7, 0), &b, &mut s),

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_regs, kvm_sregs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_bindings::{KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_SIMUL_EX};
+use mvm_devices::clock::{WallClock, CLOCK_LEN, CLOCK_PORT};
 use mvm_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
-use mvm_devices::power::{ExitPort, GuestExit, EXIT_PORT, EXIT_PORT_LEN};
+use mvm_devices::power::{ExitPort, ExitReason, GuestExit, EXIT_PORT, EXIT_PORT_LEN};
 use mvm_devices::serial::{Com1, COM1_BASE, COM1_IRQ, COM1_LEN};
+use mvm_devices::timer::{WakeTimer, WAKE_TIMER_LEN, WAKE_TIMER_PORT};
 use mvm_devices::{Bus, VmRequest};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -91,7 +93,11 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// How a VM ended.
 #[derive(Debug)]
 pub enum VmEnd {
+    /// The guest powered off: a normal exit or a panic (or a reason this
+    /// VMM does not know).
     PowerOff(GuestExit),
+    /// The guest ran out of its RAM, which is the memory limit.
+    OutOfMemory { ram_mib: u64 },
     /// The guest asked for a reset; mvm does not reboot guests.
     Reset,
     Crashed(Crash),
@@ -100,6 +106,8 @@ pub enum VmEnd {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrashKind {
+    /// A CPU exception the guest caught and reported (exit reason "fault").
+    GuestFault { vector: u8, rip: u64, error_code: u64, cr2: u64, stack_overflow: bool },
     TripleFault,
     InternalError { suberror: Option<u32> },
     FailEntry { reason: u64 },
@@ -119,6 +127,16 @@ pub struct Crash {
 impl fmt::Display for CrashKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            CrashKind::GuestFault { vector, error_code, cr2, stack_overflow, .. } => {
+                write!(f, "{} (vector {vector}, error code {error_code:#x}", exception_name(*vector))?;
+                if *vector == PAGE_FAULT || *stack_overflow {
+                    write!(f, ", cr2 {cr2:#x}")?;
+                }
+                if *stack_overflow {
+                    write!(f, ", stack overflow")?;
+                }
+                write!(f, ")")
+            }
             CrashKind::TripleFault => write!(f, "triple fault"),
             CrashKind::InternalError { suberror } => {
                 let what = match *suberror {
@@ -141,13 +159,48 @@ impl fmt::Display for CrashKind {
     }
 }
 
+const PAGE_FAULT: u8 = 14;
+
+fn exception_name(vector: u8) -> &'static str {
+    const NAMES: [&str; 22] = [
+        "#DE divide error",
+        "#DB debug",
+        "NMI",
+        "#BP breakpoint",
+        "#OF overflow",
+        "#BR bound range exceeded",
+        "#UD invalid opcode",
+        "#NM device not available",
+        "#DF double fault",
+        "coprocessor segment overrun",
+        "#TS invalid TSS",
+        "#NP segment not present",
+        "#SS stack-segment fault",
+        "#GP general protection fault",
+        "#PF page fault",
+        "reserved exception",
+        "#MF x87 floating-point error",
+        "#AC alignment check",
+        "#MC machine check",
+        "#XM SIMD floating-point exception",
+        "#VE virtualization exception",
+        "#CP control protection",
+    ];
+    NAMES.get(usize::from(vector)).copied().unwrap_or("reserved exception")
+}
+
 impl fmt::Display for Crash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "guest crashed ({})", self.kind)?;
-        if let Some(state) = &self.state {
-            write!(f, " at rip={:#x}", state.0.rip)?;
+        match self.kind {
+            CrashKind::GuestFault { rip, .. } => write!(f, "guest crashed: {} at rip={rip:#x}", self.kind),
+            _ => {
+                write!(f, "guest crashed ({})", self.kind)?;
+                if let Some(state) = &self.state {
+                    write!(f, " at rip={:#x}", state.0.rip)?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
@@ -176,11 +229,26 @@ impl Crash {
     }
 }
 
-fn end_of(vcpu_end: VcpuEnd) -> VmEnd {
+fn end_of(vcpu_end: VcpuEnd, ram_mib: u64) -> VmEnd {
     let crash = |kind, state| VmEnd::Crashed(Crash { kind, vcpu: vcpu_end.index, state });
     match vcpu_end.cause {
         EndCause::Guest { cause, state, internal_suberror } => match cause {
+            StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::Fault, status })) => {
+                let regs = state.as_ref().map(|s| s.0).unwrap_or_default();
+                let kind = CrashKind::GuestFault {
+                    vector: status,
+                    rip: regs.rdi,
+                    error_code: regs.rsi,
+                    cr2: regs.r8,
+                    stack_overflow: regs.r9 & 1 != 0,
+                };
+                crash(kind, state)
+            }
+            StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::OutOfMemory, .. })) => {
+                VmEnd::OutOfMemory { ram_mib }
+            }
             StopCause::Request(VmRequest::PowerOff(exit)) => VmEnd::PowerOff(exit),
+            StopCause::Request(VmRequest::WakeAfter(_)) => unreachable!("the vCPU thread handles its wake timer"),
             StopCause::Request(VmRequest::Reset) => VmEnd::Reset,
             StopCause::Halted => crash(CrashKind::HaltedForever, state),
             StopCause::TripleFault => crash(CrashKind::TripleFault, state),
@@ -233,7 +301,7 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     tracing::debug!(host = kind.name(), "VM created in {:?}", started.elapsed());
 
     let loaded = kernel.load(&mem)?;
-    let cmdline = boot::cmdline(&pvm::guest_cmdline(kind, cmdline_text))?;
+    let cmdline = boot::cmdline(&pvm::guest_cmdline(kind, &with_tsc_khz(&vcpus[0], cmdline_text)))?;
     boot::write(&mem, mem_size, &cmdline, loaded.setup_header)?;
     x86::write_boot_tables(&mem, pvm::page_table_flags(kind))?;
     let cpuid = host.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("read the supported CPUID"))?;
@@ -250,6 +318,8 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     io.insert(COM1_BASE, COM1_LEN, Arc::new(Mutex::new(Com1::new(serial_irq, console))))?;
     io.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042)))?;
     io.insert(EXIT_PORT, EXIT_PORT_LEN, Arc::new(Mutex::new(ExitPort)))?;
+    io.insert(WAKE_TIMER_PORT, WAKE_TIMER_LEN, Arc::new(Mutex::new(WakeTimer)))?;
+    io.insert(CLOCK_PORT, CLOCK_LEN, Arc::new(Mutex::new(WallClock::default())))?;
     let buses = Arc::new(Buses { io, mmio: Bus::new() });
 
     // Without an irqchip nothing can send an application processor its
@@ -289,7 +359,7 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     let (end, reporter) = match first {
         Ok(first) => {
             let index = first.index;
-            (end_of(first), Some(index))
+            (end_of(first, config.memory_mib), Some(index))
         }
         Err(timed_out) => (timed_out, None),
     };
@@ -308,6 +378,19 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     drop(mem);
     tracing::debug!("VM torn down {:?} after launch", started.elapsed());
     Ok(end)
+}
+
+/// Puts `mvm.tsc_khz=N` before the user's words: the guest's clock needs the
+/// TSC frequency, which only the host knows for sure.
+fn with_tsc_khz(vcpu: &kvm_ioctls::VcpuFd, cmdline: &str) -> String {
+    match vcpu.get_tsc_khz() {
+        Ok(khz) if cmdline.is_empty() => format!("mvm.tsc_khz={khz}"),
+        Ok(khz) => format!("mvm.tsc_khz={khz} {cmdline}"),
+        Err(err) => {
+            tracing::warn!("cannot read the guest TSC frequency (KVM_GET_TSC_KHZ): {err}");
+            cmdline.to_string()
+        }
+    }
 }
 
 fn stop_all(stop: &AtomicBool, threads: Vec<vcpu::VcpuThread>) {

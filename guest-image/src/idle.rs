@@ -1,0 +1,33 @@
+//! Sleeping without interrupts: announce a deadline to the VMM, then `hlt`.
+//!
+//! Writing N to the wake-timer port 0x604 (32 bits) asks the VMM to resume
+//! the vCPU N microseconds after the write if it halts; 0xffffffff cancels.
+//! A halted vCPU costs the host no CPU: its thread blocks until the deadline,
+//! a device completion, or the VM's end. Since the guest may be woken early,
+//! it checks the clock and halts again until its own deadline has passed.
+
+use core::arch::asm;
+
+use crate::port::outl;
+use crate::time::monotonic_ns;
+
+const WAKE_TIMER_PORT: u16 = 0x604;
+const MAX_WAIT_US: u64 = u32::MAX as u64 - 1;
+
+pub fn sleep_until(deadline_ns: u64) {
+    loop {
+        let now = monotonic_ns();
+        if now >= deadline_ns {
+            return;
+        }
+        // Rounded up, so the vCPU never wakes before the deadline and spins.
+        let wait_us = (deadline_ns - now).div_ceil(1000).min(MAX_WAIT_US);
+        outl(WAKE_TIMER_PORT, wait_us as u32);
+        // SAFETY: halting until the VMM resumes the vCPU.
+        unsafe { asm!("hlt", options(nomem, nostack)) };
+    }
+}
+
+pub fn sleep_ns(ns: u64) {
+    sleep_until(monotonic_ns() + ns);
+}

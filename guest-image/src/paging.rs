@@ -1,0 +1,93 @@
+//! The guest's own page tables: all RAM identity-mapped with 2 MiB pages,
+//! except the 2 MiB around the boot stack, which gets 4 KiB pages so that the
+//! page below the stack can stay unmapped as a guard. Under PVM every entry
+//! carries the U/S bit, as the VMM's boot tables do (see pvm.rs).
+
+use core::arch::asm;
+use core::ptr::addr_of;
+
+use crate::memory::Frames;
+
+const PRESENT: u64 = 1;
+const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
+const HUGE: u64 = 1 << 7;
+const PAGE: u64 = 4096;
+const HUGE_PAGE: u64 = 2 << 20;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+extern "C" {
+    static __stack_guard: u8;
+    static __boot_stack_bottom: u8;
+    static __boot_stack_top: u8;
+}
+
+fn guard_page() -> u64 {
+    addr_of!(__stack_guard) as u64
+}
+
+/// Whether `addr` falls in the unmapped page below the boot stack.
+pub fn is_stack_guard(addr: u64) -> bool {
+    (guard_page()..guard_page() + PAGE).contains(&addr)
+}
+
+/// Whether `len` bytes at `addr` lie inside the boot stack or the
+/// double-fault stack.
+pub fn on_a_stack(addr: u64, len: u64) -> bool {
+    let boot = (addr_of!(__boot_stack_bottom) as u64, addr_of!(__boot_stack_top) as u64);
+    let double_fault = crate::gdt::double_fault_stack();
+    let end = addr.saturating_add(len);
+    [boot, double_fault].iter().any(|&(bottom, top)| addr >= bottom && end <= top)
+}
+
+/// # Safety
+/// `table` must be an identity-mapped page-table frame.
+unsafe fn entry(table: u64, index: u64) -> *mut u64 {
+    (table + index * 8) as *mut u64
+}
+
+/// The table an entry points to, made (zeroed) if the entry is empty.
+///
+/// # Safety
+/// `table` must be an identity-mapped page-table frame.
+unsafe fn next_table(frames: &mut Frames, table: u64, index: u64, flags: u64) -> u64 {
+    // SAFETY: guaranteed by the caller.
+    let slot = unsafe { entry(table, index) };
+    // SAFETY: `slot` is inside the table frame.
+    let current = unsafe { *slot };
+    if current & PRESENT != 0 {
+        return current & ADDR_MASK;
+    }
+    let frame = frames.alloc_zeroed().expect("no memory left for page tables");
+    // SAFETY: as above.
+    unsafe { *slot = frame | flags };
+    frame
+}
+
+pub fn init(frames: &mut Frames, ram_top: u64, pvm: bool) {
+    let flags = PRESENT | WRITABLE | if pvm { USER } else { 0 };
+    let pml4 = frames.alloc_zeroed().expect("no memory left for page tables");
+    let guard = guard_page();
+    let mut addr = 0;
+    while addr < ram_top {
+        // SAFETY: every table comes from `frames`, identity-mapped RAM the
+        // allocator handed out for this use alone.
+        unsafe {
+            let pdpt = next_table(frames, pml4, (addr >> 39) & 511, flags);
+            let pd = next_table(frames, pdpt, (addr >> 30) & 511, flags);
+            if guard & !(HUGE_PAGE - 1) == addr {
+                let pt = next_table(frames, pd, (addr >> 21) & 511, flags);
+                for i in 0..512 {
+                    let page = addr + i * PAGE;
+                    *entry(pt, i) = if page == guard { 0 } else { page | flags };
+                }
+            } else {
+                *entry(pd, (addr >> 21) & 511) = addr | flags | HUGE;
+            }
+        }
+        addr += HUGE_PAGE;
+    }
+    // SAFETY: the new tables map all RAM, this code and the stack in use at
+    // the same addresses as the boot tables, so execution continues.
+    unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+}
