@@ -1,0 +1,170 @@
+//! The guest runtime end to end: every CPU exception is reported by name with
+//! its RIP, the clocks agree with the host's, a sleeping guest costs the host
+//! no CPU and wakes on time, and running out of memory is reported as such.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{boot, kvm_or_skip, mvm};
+
+const OUT_OF_MEMORY: i32 = 122;
+const CRASHED: i32 = 123;
+
+/// `mvm.test=fault:<kind>` → (vector name and number as mvm reports them).
+const FAULTS: [(&str, &str); 7] = [
+    ("ud", "#UD invalid opcode (vector 6"),
+    ("bp", "#BP breakpoint (vector 3"),
+    ("de", "#DE divide error (vector 0"),
+    ("gp", "#GP general protection fault (vector 13"),
+    ("pf", "#PF page fault (vector 14, error code 0x2, cr2 0x7f0000000000"),
+    ("stack-overflow", "#DF double fault (vector 8, error code 0x0, cr2 0x"),
+    ("df", "#DF double fault (vector 8, error code 0x0)"),
+];
+
+#[test]
+fn every_exception_is_reported_by_name_with_its_rip() {
+    if !kvm_or_skip("every_exception_is_reported_by_name_with_its_rip") {
+        return;
+    }
+    for (kind, report) in FAULTS {
+        let (code, stdout, stderr) = boot(&["--cmdline", &format!("mvm.test=fault:{kind}")]);
+        assert_eq!(code, CRASHED, "{kind}: {stdout}{stderr}");
+        let line = stderr.lines().next().unwrap_or_default();
+        assert!(line.starts_with(&format!("mvm: guest crashed: {report}")), "{kind}: {stderr}");
+        let rip = line.rsplit("at rip=0x").next().unwrap();
+        let rip = u64::from_str_radix(rip, 16).unwrap_or_else(|_| panic!("{kind}: no rip in {line}"));
+        assert!((0x20_0000..0x40_0000).contains(&rip), "{kind}: rip {rip:#x} is not in the guest kernel");
+        // The guest's own report on the console, with the same RIP first in the backtrace.
+        assert!(stdout.contains("guest fault: "), "{kind}: {stdout}");
+        assert!(stdout.contains(&format!("backtrace: {rip:#x}")), "{kind}: {stdout}");
+    }
+}
+
+#[test]
+fn stack_overflow_is_named_as_such() {
+    if !kvm_or_skip("stack_overflow_is_named_as_such") {
+        return;
+    }
+    let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=fault:stack-overflow"]);
+    assert_eq!(code, CRASHED);
+    assert!(stderr.contains(", stack overflow) at rip="), "{stderr}");
+    assert!(stdout.contains("#DF double fault (stack overflow)"), "{stdout}");
+    // The backtrace walks the recursion's frames.
+    let backtrace = stdout.lines().find(|l| l.starts_with("backtrace:")).unwrap();
+    assert!(backtrace.split(' ').count() > 10, "{backtrace}");
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+/// Over a 10 s sleep, the guest's clocks run at the host's rate to 0.1%, and
+/// its wall clock reads the host's time.
+#[test]
+fn guest_clocks_agree_with_the_host() {
+    if !kvm_or_skip("guest_clocks_agree_with_the_host") {
+        return;
+    }
+    let mut child = mvm()
+        .args(["boot", "--cmdline", "mvm.test=sleep:10000", "--timeout-s", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut samples = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("clock ") {
+            samples.push((now_ns(), field(&line, "wall_ns"), field(&line, "mono_ns")));
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let [(host0, wall0, mono0), (host1, wall1, mono1)] = samples[..] else { panic!("two clock lines: {samples:?}") };
+    // Each line reaches the host a little after the guest read its clock.
+    for (host, wall) in [(host0, wall0), (host1, wall1)] {
+        let behind_ms = (host as f64 - wall as f64) / 1e6;
+        assert!((-5.0..50.0).contains(&behind_ms), "guest wall clock is {behind_ms} ms behind the host's");
+    }
+    let host_elapsed = (host1 - host0) as f64;
+    for (what, guest_elapsed) in [("monotonic", mono1 - mono0), ("wall", wall1 - wall0)] {
+        let error = (guest_elapsed as f64 - host_elapsed).abs() / host_elapsed;
+        assert!(error < 0.001, "{what} clock off by {:.4}% over {:.1} s", error * 100.0, host_elapsed / 1e9);
+    }
+}
+
+/// CPU time (user + system) of a finished child, from wait4.
+fn run_and_measure_cpu(args: &[&str]) -> (i32, Duration, String) {
+    let child = mvm().args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let output_reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
+        out
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet reaped (Child::wait was not called).
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let stdout = output_reader.join().unwrap();
+    (libc::WEXITSTATUS(status), tv(usage.ru_utime) + tv(usage.ru_stime), stdout)
+}
+
+#[test]
+fn a_sleeping_guest_uses_no_host_cpu() {
+    if !kvm_or_skip("a_sleeping_guest_uses_no_host_cpu") {
+        return;
+    }
+    let started = Instant::now();
+    let (code, cpu, stdout) = run_and_measure_cpu(&["boot", "--cmdline", "mvm.test=sleep:2000"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // Below 5% of one core over the 2 s sleep, boot and teardown included.
+    assert!(cpu < Duration::from_millis(100), "mvm used {cpu:?} of CPU over a 2 s sleep");
+}
+
+#[test]
+fn a_deadline_wakes_the_guest_on_time() {
+    if !kvm_or_skip("a_deadline_wakes_the_guest_on_time") {
+        return;
+    }
+    // Never early; within 1 ms in the best of three runs (scripts/bench-idle
+    // measures the error properly), and never grossly late.
+    let mut lateness = Vec::new();
+    for _ in 0..3 {
+        let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=sleep:100"]);
+        assert_eq!(code, 0, "{stderr}");
+        let slept = stdout.lines().find(|l| l.starts_with("slept ")).expect("a slept line");
+        let (asked, actual) = (field(slept, "requested_ns"), field(slept, "actual_ns"));
+        assert!(actual >= asked, "woke {} µs early", (asked - actual) / 1000);
+        lateness.push(Duration::from_nanos(actual - asked));
+    }
+    lateness.sort();
+    assert!(lateness[0] < Duration::from_millis(1), "woke late by {lateness:?}");
+    assert!(lateness[2] < Duration::from_millis(50), "woke late by {lateness:?}");
+}
+
+#[test]
+fn running_out_of_guest_memory_is_reported() {
+    if !kvm_or_skip("running_out_of_guest_memory_is_reported") {
+        return;
+    }
+    let (code, stdout, stderr) = boot(&["--memory-mib", "16", "--cmdline", "mvm.test=oom"]);
+    assert_eq!(code, OUT_OF_MEMORY, "{stdout}{stderr}");
+    assert!(stderr.contains("mvm: guest out of memory (guest RAM 16 MiB)"), "{stderr}");
+    let report = stdout.lines().find(|l| l.starts_with("guest out of memory: cannot allocate")).expect("report");
+    // The heap got most of the RAM before it ran out.
+    let in_use_kib: u64 = report.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(in_use_kib > 10 * 1024, "{report}");
+}
