@@ -345,7 +345,14 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
         }
     }
     drop(events_tx);
-    tracing::debug!(host = kind.name(), "guest started {:?} after launch", started.elapsed());
+    tracing::info!(
+        kernel = %config.kernel.describe(),
+        memory_mib = config.memory_mib,
+        vcpus = config.vcpus,
+        host = kind.name(),
+        "VM started in {:?}",
+        started.elapsed()
+    );
 
     const REPORTS: &str = "a vCPU thread always reports before it ends";
     let first = match config.timeout {
@@ -376,7 +383,7 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     drop(parked);
     drop(vm);
     drop(mem);
-    tracing::debug!("VM torn down {:?} after launch", started.elapsed());
+    tracing::info!("VM ended ({end:?}) and torn down {:?} after launch", started.elapsed());
     Ok(end)
 }
 
