@@ -14,17 +14,23 @@ use crate::time::monotonic_ns;
 const WAKE_TIMER_PORT: u16 = 0x604;
 const MAX_WAIT_US: u64 = u32::MAX as u64 - 1;
 
+/// Halts once, until `deadline_ns` or an earlier wake-up (a device that
+/// used buffers), whichever comes first.
+pub fn halt_until(deadline_ns: u64) {
+    let now = monotonic_ns();
+    if now >= deadline_ns {
+        return;
+    }
+    // Rounded up, so the vCPU never wakes before the deadline and spins.
+    let wait_us = (deadline_ns - now).div_ceil(1000).min(MAX_WAIT_US);
+    outl(WAKE_TIMER_PORT, wait_us as u32);
+    // SAFETY: halting until the VMM resumes the vCPU.
+    unsafe { asm!("hlt", options(nomem, nostack)) };
+}
+
 pub fn sleep_until(deadline_ns: u64) {
-    loop {
-        let now = monotonic_ns();
-        if now >= deadline_ns {
-            return;
-        }
-        // Rounded up, so the vCPU never wakes before the deadline and spins.
-        let wait_us = (deadline_ns - now).div_ceil(1000).min(MAX_WAIT_US);
-        outl(WAKE_TIMER_PORT, wait_us as u32);
-        // SAFETY: halting until the VMM resumes the vCPU.
-        unsafe { asm!("hlt", options(nomem, nostack)) };
+    while monotonic_ns() < deadline_ns {
+        halt_until(deadline_ns);
     }
 }
 

@@ -18,6 +18,7 @@ mod gdt;
 mod idle;
 mod interrupts;
 mod memory;
+mod netstack;
 mod paging;
 mod port;
 mod power;
@@ -25,6 +26,7 @@ mod pvm;
 mod rt;
 mod selftest;
 mod time;
+mod virtio;
 mod workload;
 
 use core::arch::global_asm;
@@ -69,6 +71,9 @@ extern "C" fn kernel_main(boot_params: *const u8) -> ! {
     let mut frames = memory::Frames::new(boot.ram());
     paging::init(&mut frames, boot.ram_top(), mode != pvm::Mode::Native);
     memory::init_heap(&mut frames);
+    for window in virtio::windows(boot.cmdline) {
+        paging::map_device(window.base, window.size);
+    }
     time::init(args.tsc_khz);
 
     console::print(format_args!(
@@ -79,7 +84,7 @@ extern "C" fn kernel_main(boot_params: *const u8) -> ! {
     ));
 
     if let Some(test) = args.test {
-        selftest::run(test);
+        selftest::run(test, boot.cmdline);
     }
     power::exit(args.exit_status)
 }

@@ -3,10 +3,16 @@
 //! page below the stack can stay unmapped as a guard. Under PVM every entry
 //! carries the U/S bit, as the VMM's boot tables do (see pvm.rs).
 
+use alloc::alloc::{alloc_zeroed, Layout};
 use core::arch::asm;
 use core::ptr::addr_of;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::memory::Frames;
+
+/// The root table and the entry flags, for mappings added after boot.
+static PML4: AtomicU64 = AtomicU64::new(0);
+static FLAGS: AtomicU64 = AtomicU64::new(0);
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -46,11 +52,13 @@ unsafe fn entry(table: u64, index: u64) -> *mut u64 {
     (table + index * 8) as *mut u64
 }
 
-/// The table an entry points to, made (zeroed) if the entry is empty.
+/// The table an entry points to, made (zeroed, from `new_table`) if the
+/// entry is empty.
 ///
 /// # Safety
-/// `table` must be an identity-mapped page-table frame.
-unsafe fn next_table(frames: &mut Frames, table: u64, index: u64, flags: u64) -> u64 {
+/// `table` must be an identity-mapped page-table frame, and `new_table` must
+/// return zeroed, identity-mapped frames for this use alone.
+unsafe fn next_table(new_table: &mut dyn FnMut() -> u64, table: u64, index: u64, flags: u64) -> u64 {
     // SAFETY: guaranteed by the caller.
     let slot = unsafe { entry(table, index) };
     // SAFETY: `slot` is inside the table frame.
@@ -58,7 +66,7 @@ unsafe fn next_table(frames: &mut Frames, table: u64, index: u64, flags: u64) ->
     if current & PRESENT != 0 {
         return current & ADDR_MASK;
     }
-    let frame = frames.alloc_zeroed().expect("no memory left for page tables");
+    let frame = new_table();
     // SAFETY: as above.
     unsafe { *slot = frame | flags };
     frame
@@ -66,17 +74,18 @@ unsafe fn next_table(frames: &mut Frames, table: u64, index: u64, flags: u64) ->
 
 pub fn init(frames: &mut Frames, ram_top: u64, pvm: bool) {
     let flags = PRESENT | WRITABLE | if pvm { USER } else { 0 };
-    let pml4 = frames.alloc_zeroed().expect("no memory left for page tables");
+    let new_table = &mut || frames.alloc_zeroed().expect("no memory left for page tables");
+    let pml4 = new_table();
     let guard = guard_page();
     let mut addr = 0;
     while addr < ram_top {
         // SAFETY: every table comes from `frames`, identity-mapped RAM the
         // allocator handed out for this use alone.
         unsafe {
-            let pdpt = next_table(frames, pml4, (addr >> 39) & 511, flags);
-            let pd = next_table(frames, pdpt, (addr >> 30) & 511, flags);
+            let pdpt = next_table(new_table, pml4, (addr >> 39) & 511, flags);
+            let pd = next_table(new_table, pdpt, (addr >> 30) & 511, flags);
             if guard & !(HUGE_PAGE - 1) == addr {
-                let pt = next_table(frames, pd, (addr >> 21) & 511, flags);
+                let pt = next_table(new_table, pd, (addr >> 21) & 511, flags);
                 for i in 0..512 {
                     let page = addr + i * PAGE;
                     *entry(pt, i) = if page == guard { 0 } else { page | flags };
@@ -87,7 +96,39 @@ pub fn init(frames: &mut Frames, ram_top: u64, pvm: bool) {
         }
         addr += HUGE_PAGE;
     }
+    PML4.store(pml4, Ordering::Relaxed);
+    FLAGS.store(flags, Ordering::Relaxed);
     // SAFETY: the new tables map all RAM, this code and the stack in use at
     // the same addresses as the boot tables, so execution continues.
+    unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+}
+
+/// Identity-maps a device's MMIO window (2 MiB pages, tables from the heap).
+pub fn map_device(base: u64, size: u64) {
+    let (pml4, flags) = (PML4.load(Ordering::Relaxed), FLAGS.load(Ordering::Relaxed));
+    let new_table = &mut || {
+        let layout = Layout::from_size_align(PAGE as usize, PAGE as usize).expect("page layout");
+        // SAFETY: a non-zero layout; the table lives as long as the mapping.
+        let table = unsafe { alloc_zeroed(layout) };
+        if table.is_null() {
+            alloc::alloc::handle_alloc_error(layout);
+        }
+        table as u64
+    };
+    let mut addr = base & !(HUGE_PAGE - 1);
+    while addr < base.saturating_add(size) {
+        // SAFETY: the tables are the live ones or new heap pages, all
+        // identity-mapped; a 2 MiB entry is written only where none is.
+        unsafe {
+            let pdpt = next_table(new_table, pml4, (addr >> 39) & 511, flags);
+            let pd = next_table(new_table, pdpt, (addr >> 30) & 511, flags);
+            let slot = entry(pd, (addr >> 21) & 511);
+            if *slot & PRESENT == 0 {
+                *slot = addr | flags | HUGE;
+            }
+        }
+        addr += HUGE_PAGE;
+    }
+    // SAFETY: reloading the same root flushes any stale translation.
     unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
 }

@@ -6,11 +6,15 @@ use alloc::vec::Vec;
 use core::arch::asm;
 
 use crate::cmdline::{parse_u64, Display};
+use crate::netstack::{parse_endpoint, Stack};
+use crate::virtio::blk::{Blk, BlkError, Header, SECTOR};
+use crate::virtio::queue::Descriptor;
+use crate::virtio::{self, DEVICE_BLOCK, DEVICE_NET};
 use crate::console::print;
 use crate::interrupts;
 use crate::time::{monotonic_ns, wall_ns};
 
-pub fn run(spec: &[u8]) {
+pub fn run(spec: &[u8], cmdline: &[u8]) {
     let (name, arg) = match spec.iter().position(|b| *b == b':') {
         Some(i) => (&spec[..i], Some(&spec[i + 1..])),
         None => (spec, None),
@@ -36,6 +40,12 @@ pub fn run(spec: &[u8]) {
         b"sleep" => sleep(number()),
         b"oom" => exhaust_memory(),
         b"cpu" => cpu(number()),
+        b"blk-sum" => blk_sum(disk(cmdline, number())),
+        b"blk-write" => blk_write(disk(cmdline, number())),
+        b"blk-ro" => blk_read_only(disk(cmdline, number())),
+        b"blk-abuse" => blk_abuse(disk(cmdline, number())),
+        b"net-echo" => net_echo(cmdline, arg.unwrap_or_default()),
+        b"net-serve" => network(cmdline).serve(number()),
         _ => panic!("mvm.test={}: unknown self-test", Display(spec)),
     }
 }
@@ -99,4 +109,131 @@ fn cpu(iterations: u64) {
     let result = crate::workload::spin(iterations);
     let ns = crate::time::tsc_to_ns(crate::time::rdtsc() - start);
     print(format_args!("cpu iterations={iterations} ns={ns} result={result}\n"));
+}
+
+fn disk(cmdline: &[u8], index: u64) -> Blk {
+    let mut disks = virtio::find(cmdline, DEVICE_BLOCK);
+    if index as usize >= disks.len() {
+        panic!("no virtio-blk disk {index}: the VM has {}", disks.len());
+    }
+    Blk::new(disks.swap_remove(index as usize)).unwrap_or_else(|e| panic!("virtio-blk set-up failed: {e:?}"))
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// FNV-1a, 64 bits: the tests compute the same over the image file.
+fn fnv1a(hash: u64, data: &[u8]) -> u64 {
+    data.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+fn blk_sum(mut blk: Blk) {
+    let mut buf = alloc::vec![0u8; CHUNK];
+    let mut hash = 0xcbf2_9ce4_8422_2325;
+    let total = blk.capacity_sectors * SECTOR as u64;
+    let mut offset = 0;
+    while offset < total {
+        let len = (total - offset).min(CHUNK as u64) as usize;
+        blk.read(offset / SECTOR as u64, &mut buf[..len]).unwrap_or_else(|e| panic!("read at {offset}: {e:?}"));
+        hash = fnv1a(hash, &buf[..len]);
+        offset += len as u64;
+    }
+    let id = blk.id().unwrap_or_else(|e| panic!("get id: {e:?}"));
+    let id_len = id.iter().position(|b| *b == 0).unwrap_or(id.len());
+    print(format_args!(
+        "blk sectors={} read_only={} id=\"{}\" fnv1a64={hash:#018x}\n",
+        blk.capacity_sectors,
+        blk.read_only,
+        Display(&id[..id_len])
+    ));
+}
+
+/// The byte the write test puts at `offset`: differs within and across sectors.
+fn pattern(offset: u64) -> u8 {
+    (offset as u8) ^ ((offset >> 9) as u8).wrapping_mul(31)
+}
+
+fn blk_write(mut blk: Blk) {
+    let total = blk.capacity_sectors * SECTOR as u64;
+    let mut buf = alloc::vec![0u8; CHUNK];
+    let mut offset = 0;
+    while offset < total {
+        let len = (total - offset).min(CHUNK as u64) as usize;
+        for (i, b) in buf[..len].iter_mut().enumerate() {
+            *b = pattern(offset + i as u64);
+        }
+        blk.write(offset / SECTOR as u64, &buf[..len]).unwrap_or_else(|e| panic!("write at {offset}: {e:?}"));
+        offset += len as u64;
+    }
+    blk.flush().unwrap_or_else(|e| panic!("flush: {e:?}"));
+    print(format_args!("blk wrote bytes={total}\n"));
+}
+
+fn blk_read_only(mut blk: Blk) {
+    let sector = [0x77u8; SECTOR];
+    match blk.write(0, &sector) {
+        Ok(()) => panic!("a read-only disk accepted a write"),
+        Err(e) => print(format_args!("blk write refused: {e:?} (read_only={})\n", blk.read_only)),
+    }
+}
+
+/// Feeds the device malformed requests, checks that each fails without
+/// harm and that good requests still work, then sends a looping chain.
+fn blk_abuse(mut blk: Blk) {
+    let header = |kind, sector| Header { kind, reserved: 0, sector };
+    let read_header = alloc::boxed::Box::new(header(0, 0));
+    let mut status = alloc::boxed::Box::new(0xffu8);
+    let mut data = alloc::vec![0u8; SECTOR];
+    let desc = |addr: u64, len: u32, flags: u16, next: u16| Descriptor { addr, len, flags, next };
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    let h = &*read_header as *const Header as u64;
+    let d = data.as_mut_ptr() as u64;
+    let beyond_ram = 0x40_0000_0000; // 256 GiB: no guest has RAM there
+    let cases: [(&str, alloc::vec::Vec<Descriptor>); 5] = [
+        ("no-status", alloc::vec![desc(h, 16, 0, 0)]),
+        ("short-header", alloc::vec![desc(h, 8, NEXT, 1), desc(&mut *status as *mut u8 as u64, 1, WRITE, 0)]),
+        ("data-outside-ram", alloc::vec![desc(h, 16, NEXT, 1), desc(beyond_ram, 512, WRITE | NEXT, 2), desc(&mut *status as *mut u8 as u64, 1, WRITE, 0)]),
+        ("writable-header", alloc::vec![desc(h, 16, WRITE | NEXT, 1), desc(d, 512, WRITE | NEXT, 2), desc(&mut *status as *mut u8 as u64, 1, WRITE, 0)]),
+        ("huge-length", alloc::vec![desc(h, 16, NEXT, 1), desc(d, u32::MAX, WRITE | NEXT, 2), desc(&mut *status as *mut u8 as u64, 1, WRITE, 0)]),
+    ];
+    for (name, chain) in cases.iter() {
+        *status = 0xff;
+        let used = blk.submit_raw(chain);
+        print(format_args!("blk abuse {name}: used={:?} status={:#x}\n", used.is_ok(), *status));
+        if *status == 0 {
+            panic!("malformed request {name} succeeded");
+        }
+    }
+    let past_end = blk.read(blk.capacity_sectors, &mut data);
+    print(format_args!("blk abuse past-end: {past_end:?}\n"));
+    assert_eq!(past_end, Err(BlkError::IoError), "a read past the end must fail with IOERR");
+    blk.read(0, &mut data).unwrap_or_else(|e| panic!("a good read after the malformed ones failed: {e:?}"));
+    print(format_args!("blk abuse: good read ok\n"));
+    // Last: a chain whose descriptor points at itself.
+    let looping = [desc(h, 16, NEXT, 0)];
+    let result = blk.submit_raw(&looping);
+    print(format_args!("blk abuse looping-chain: {result:?} broken={}\n", blk.device_broken()));
+}
+
+fn network(cmdline: &[u8]) -> Stack {
+    let mut nics = virtio::find(cmdline, DEVICE_NET);
+    if nics.is_empty() {
+        panic!("no virtio-net device: boot with --net");
+    }
+    let net = virtio::net::Net::new(nics.swap_remove(0)).unwrap_or_else(|e| panic!("virtio-net set-up failed: {e:?}"));
+    Stack::new(net, cmdline)
+}
+
+fn net_echo(cmdline: &[u8], peer: &[u8]) {
+    let peer_text = core::str::from_utf8(peer).unwrap_or_default();
+    let Some(endpoint) = parse_endpoint(peer_text) else {
+        panic!("mvm.test=net-echo:{}: expected <address>:<port>", Display(peer));
+    };
+    let mut stack = network(cmdline);
+    let message: alloc::vec::Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    match stack.echo(endpoint, &message, 20_000) {
+        Ok(echo) if echo == message => print(format_args!("net echo ok bytes={}\n", echo.len())),
+        Ok(echo) => panic!("echo differs: {} bytes back for {}", echo.len(), message.len()),
+        Err(why) => panic!("echo to {peer_text} failed: {why}"),
+    }
 }
