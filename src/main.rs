@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use mvm_vmm::power::ExitReason;
+use mvm_vmm::virtio::{DiskConfig, NetConfig};
 use mvm_vmm::{KernelSource, VmConfig, VmEnd};
 
 /// The tiny guest kernel, built from guest-image/ by build.rs.
@@ -77,6 +78,19 @@ struct BootArgs {
     /// Stop the VM after this many seconds (fractions allowed) and exit with status 124.
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
     timeout_s: Option<Duration>,
+
+    /// A virtio-blk disk backed by a raw image file (size a multiple of 512 bytes); `ro` makes
+    /// it read-only, `serial=ID` sets the ID the guest reads (20 bytes at most). Repeatable: the
+    /// guest sees the disks in this order.
+    #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
+    disks: Vec<DiskConfig>,
+
+    /// A virtio-net device on a TAP device: an existing TAP is attached (a persistent TAP made
+    /// for your user needs no privilege: `ip tuntap add NAME mode tap user $USER`), a missing one
+    /// is created (needs CAP_NET_ADMIN) and removed at exit. Default MAC: random, locally
+    /// administered. Repeatable.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=XX:XX:XX:XX:XX:XX]")]
+    nets: Vec<NetConfig>,
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -127,6 +141,8 @@ fn boot(args: BootArgs, kvm_path: PathBuf) -> anyhow::Result<u8> {
         cmdline: args.cmdline,
         timeout: args.timeout_s,
         kvm_path,
+        disks: args.disks,
+        nets: args.nets,
     };
     let end = mvm_vmm::vm::run(&config, std::io::stdout()).context("cannot boot the VM")?;
     Ok(report(&end))

@@ -101,7 +101,9 @@ fn guest_clocks_agree_with_the_host() {
     }
 }
 
-/// CPU time (user + system) of a finished child, from wait4.
+/// CPU time (user + system) of a finished child, from wait4 (which reaps it:
+/// `Child::wait` is not called).
+#[allow(clippy::zombie_processes)]
 fn run_and_measure_cpu(args: &[&str]) -> (i32, Duration, String) {
     let child = mvm().args(args).stdout(Stdio::piped()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;

@@ -9,5 +9,6 @@ pub mod i8042;
 pub mod power;
 pub mod serial;
 pub mod timer;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, Unclaimed, VmRequest};

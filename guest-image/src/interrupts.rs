@@ -185,7 +185,7 @@ extern "C" fn fault_entry(frame: &FaultFrame, rbp: u64) -> ! {
     console(format_args!("\nbacktrace: {:#x}", frame.rip));
     let mut fp = rbp;
     for _ in 0..BACKTRACE_MAX {
-        if fp % 8 != 0 || !crate::paging::on_a_stack(fp, 16) {
+        if !fp.is_multiple_of(8) || !crate::paging::on_a_stack(fp, 16) {
             break;
         }
         // SAFETY: `fp` and `fp + 8` lie inside one of the guest's stacks,

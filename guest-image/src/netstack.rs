@@ -33,7 +33,7 @@ fn word<'a>(cmdline: &'a [u8], key: &str) -> Option<&'a str> {
         .split(|b| *b == b' ')
         .filter_map(|w| w.strip_prefix(key.as_bytes())?.strip_prefix(b"="))
         .filter_map(|v| core::str::from_utf8(v).ok())
-        .last()
+        .next_back()
 }
 
 impl Stack {
@@ -62,6 +62,7 @@ impl Stack {
 
     /// Keeps the interface up (answering ARP and ping) for `ms` milliseconds.
     pub fn serve(&mut self, ms: u64) {
+        crate::console::print(format_args!("net serving for {ms} ms\n"));
         let end = monotonic_ns() + ms * 1_000_000;
         while monotonic_ns() < end {
             self.step();

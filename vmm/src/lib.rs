@@ -15,6 +15,7 @@ pub mod loader;
 pub mod memory;
 pub mod pvm;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 pub mod x86;
 

@@ -183,18 +183,33 @@ impl Wakeup {
         self.changed.notify_one();
     }
 
-    /// Blocks until notified or until `deadline`, whichever comes first.
-    fn wait_until(&self, deadline: Instant) {
+    /// Blocks until notified or until `deadline` (if any), whichever comes first.
+    fn wait_until(&self, deadline: Option<Instant>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         while !*pending {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            pending = self.changed.wait_timeout(pending, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            pending = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return;
+                    }
+                    self.changed.wait_timeout(pending, deadline - now).unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => self.changed.wait(pending).unwrap_or_else(|p| p.into_inner()),
+            };
         }
         *pending = false;
     }
+}
+
+/// What resumes a halted vCPU.
+#[derive(Clone)]
+pub struct Idle {
+    pub wakeup: Arc<Wakeup>,
+    /// Whether a device may wake the vCPU (a network device receives at any
+    /// time): then a halt with no deadline waits for it rather than ending
+    /// the VM as stuck.
+    pub devices_can_wake: bool,
 }
 
 pub struct VcpuThread {
@@ -242,12 +257,12 @@ pub fn spawn(
     buses: Arc<Buses>,
     stop: Arc<AtomicBool>,
     events: Sender<VcpuEnd>,
+    idle: Idle,
 ) -> std::io::Result<VcpuThread> {
     install_kick_handler()?;
-    let wakeup = Arc::new(Wakeup::default());
-    let thread_wakeup = wakeup.clone();
+    let wakeup = idle.wakeup.clone();
     let handle = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
-        if let Some(cause) = run_loop(&mut vcpu, &buses, &stop, &thread_wakeup) {
+        if let Some(cause) = run_loop(&mut vcpu, &buses, &stop, &idle) {
             // The VM may have stopped waiting already; nothing to tell then.
             let _ = events.send(VcpuEnd { index, cause });
         }
@@ -256,7 +271,7 @@ pub fn spawn(
 }
 
 /// Runs until the guest stops the vCPU (Some) or the VM asks it to (None).
-fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool, wakeup: &Wakeup) -> Option<EndCause> {
+fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool, idle: &Idle) -> Option<EndCause> {
     let mut stats = ExitStats::default();
     let mut deadline = None;
     loop {
@@ -272,7 +287,8 @@ fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool, wakeup: &Wakeup
             ExitAction::Continue => {}
             ExitAction::SetWake(after) => deadline = after.map(|after| Instant::now() + after),
             ExitAction::Halt => match deadline.take() {
-                Some(at) => wakeup.wait_until(at),
+                Some(at) => idle.wakeup.wait_until(Some(at)),
+                None if idle.devices_can_wake => idle.wakeup.wait_until(None),
                 None => return Some(guest_end(vcpu, StopCause::Halted)),
             },
             ExitAction::Stop(cause) => return Some(guest_end(vcpu, cause)),
@@ -319,19 +335,19 @@ mod tests {
     fn wakeup_returns_at_the_deadline_or_when_notified() {
         let wakeup = Arc::new(Wakeup::default());
         let start = Instant::now();
-        wakeup.wait_until(start + Duration::from_millis(20));
+        wakeup.wait_until(Some(start + Duration::from_millis(20)));
         assert!(start.elapsed() >= Duration::from_millis(20));
         // A notification before the wait is kept for it.
         wakeup.notify();
         let start = Instant::now();
-        wakeup.wait_until(start + Duration::from_secs(60));
+        wakeup.wait_until(Some(start + Duration::from_secs(60)));
         assert!(start.elapsed() < Duration::from_secs(30));
         let notifier = wakeup.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(10));
             notifier.notify();
         });
-        wakeup.wait_until(Instant::now() + Duration::from_secs(60));
+        wakeup.wait_until(None);
         t.join().unwrap();
     }
 

@@ -22,7 +22,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::host::{host_memory_bytes, Host, HostError, HostKind};
 use crate::layout::low_ram_end;
 use crate::loader::{Kernel, KernelSource, LoaderError};
-use crate::vcpu::{self, Buses, EndCause, StopCause, VcpuEnd};
+use crate::vcpu::{self, Buses, EndCause, Idle, StopCause, VcpuEnd, Wakeup};
+use crate::virtio::{DiskConfig, NetConfig};
 use crate::{boot, memory, pvm, x86};
 
 /// What Linux needs on its command line to use COM1 and reboot through the
@@ -37,6 +38,8 @@ pub struct VmConfig {
     pub cmdline: Option<String>,
     pub timeout: Option<Duration>,
     pub kvm_path: PathBuf,
+    pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -84,6 +87,8 @@ pub enum VmError {
     EventFd(#[source] std::io::Error),
     #[error("cannot place a device on the bus")]
     Bus(#[from] mvm_devices::BusError),
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::AttachError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -300,8 +305,15 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     let kind = pvm::detect(&vcpus[0]);
     tracing::debug!(host = kind.name(), "VM created in {:?}", started.elapsed());
 
+    // Devices first: their announcements go on the command line.
+    let boot_idle = Idle { wakeup: Arc::new(Wakeup::default()), devices_can_wake: !config.nets.is_empty() };
+    let mut mmio = Bus::new();
+    let device_words =
+        crate::virtio::attach(&config.disks, &config.nets, &mem, &vm, irqchip, &boot_idle.wakeup, &mut mmio)?;
     let loaded = kernel.load(&mem)?;
-    let cmdline = boot::cmdline(&pvm::guest_cmdline(kind, &with_tsc_khz(&vcpus[0], cmdline_text)))?;
+    let words = std::iter::once(cmdline_text.to_string()).chain(device_words).filter(|w| !w.is_empty());
+    let guest_words = words.collect::<Vec<_>>().join(" ");
+    let cmdline = boot::cmdline(&pvm::guest_cmdline(kind, &with_tsc_khz(&vcpus[0], &guest_words)))?;
     boot::write(&mem, mem_size, &cmdline, loaded.setup_header)?;
     x86::write_boot_tables(&mem, pvm::page_table_flags(kind))?;
     let cpuid = host.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("read the supported CPUID"))?;
@@ -320,7 +332,7 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     io.insert(EXIT_PORT, EXIT_PORT_LEN, Arc::new(Mutex::new(ExitPort)))?;
     io.insert(WAKE_TIMER_PORT, WAKE_TIMER_LEN, Arc::new(Mutex::new(WakeTimer)))?;
     io.insert(CLOCK_PORT, CLOCK_LEN, Arc::new(Mutex::new(WallClock::default())))?;
-    let buses = Arc::new(Buses { io, mmio: Bus::new() });
+    let buses = Arc::new(Buses { io, mmio });
 
     // Without an irqchip nothing can send an application processor its
     // start-up IPI, so only the boot vCPU runs; with one, KVM holds the APs
@@ -332,7 +344,13 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     let mut parked = Vec::new();
     for (index, vcpu) in vcpus.into_iter().enumerate() {
         if index < runnable {
-            let thread = vcpu::spawn(index as u64, vcpu, buses.clone(), stop.clone(), events_tx.clone());
+            // Devices wake the boot vCPU; the others halt in the irqchip.
+            let idle = if index == 0 {
+                boot_idle.clone()
+            } else {
+                Idle { wakeup: Arc::new(Wakeup::default()), devices_can_wake: false }
+            };
+            let thread = vcpu::spawn(index as u64, vcpu, buses.clone(), stop.clone(), events_tx.clone(), idle);
             match thread {
                 Ok(t) => threads.push(t),
                 Err(err) => {

@@ -68,7 +68,8 @@ impl Blk {
         self.queue.add(chain).ok_or(BlkError::QueueFull)?;
         self.mmio.notify(0);
         self.wait()?;
-        match *status {
+        // SAFETY: a valid byte the device wrote during the notify.
+        match unsafe { core::ptr::read_volatile(status) } {
             S_OK => Ok(()),
             S_IOERR => Err(BlkError::IoError),
             S_UNSUPP => Err(BlkError::Unsupported),
@@ -126,7 +127,9 @@ impl Blk {
         self.wait()
     }
 
-    pub fn device_broken(&self) -> bool {
-        self.mmio.status() & STATUS_NEEDS_RESET != 0
+    /// Resets the device and sets it up again, as a driver does after
+    /// DEVICE_NEEDS_RESET. The old queue's memory is not reused.
+    pub fn reinit(self) -> Result<Blk, InitError> {
+        Blk::new(self.mmio)
     }
 }

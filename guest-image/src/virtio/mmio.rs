@@ -1,7 +1,8 @@
 //! The driver side of the virtio-mmio transport (virtio 1.x, register
 //! layout "version 2"). Every register access is a VM exit.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::arch::asm;
+use core::ptr::read_volatile;
 
 use super::queue::Virtqueue;
 
@@ -69,9 +70,14 @@ impl Mmio {
         unsafe { read_volatile((self.base + offset) as *const u32) }
     }
 
+    /// A register write is also a compiler barrier: the device may read and
+    /// write any buffer the driver handed it during this very exit (mvm
+    /// completes requests inline), so no access may move across it.
     fn write(&self, offset: u64, value: u32) {
-        // SAFETY: as above, for register writes.
-        unsafe { write_volatile((self.base + offset) as *mut u32, value) }
+        let register = self.base + offset;
+        // SAFETY: the window is mapped device memory; without `nomem`, the
+        // compiler assumes the store may touch any memory, which it may.
+        unsafe { asm!("mov dword ptr [{}], {:e}", in(reg) register, in(reg) value, options(nostack, preserves_flags)) };
     }
 
     pub fn device_type(&self) -> u32 {

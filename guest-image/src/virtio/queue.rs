@@ -104,15 +104,21 @@ impl Virtqueue {
         Some(self.publish(&ids, &chain))
     }
 
-    /// Places descriptors exactly as given, `next` fields and flags
-    /// included, for the self-tests that feed the device malformed chains.
-    /// They are reclaimed when used, as far as their chain can be followed.
+    /// Places descriptors as given, flags included, for the self-tests that
+    /// feed the device malformed chains. A `next` field is an index into
+    /// `chain` (so a descriptor may point at itself); one past the chain is
+    /// passed on unchanged. They are reclaimed when used, as far as their
+    /// chain can be followed.
     pub fn add_raw(&mut self, chain: &[Descriptor]) -> Option<u16> {
         if chain.is_empty() || self.free.len() < chain.len() {
             return None;
         }
         let ids: Vec<u16> = (0..chain.len()).map(|_| self.free.pop().expect("counted")).collect();
-        Some(self.publish(&ids, chain))
+        let placed: Vec<Descriptor> = chain
+            .iter()
+            .map(|d| Descriptor { next: ids.get(usize::from(d.next)).copied().unwrap_or(d.next), ..*d })
+            .collect();
+        Some(self.publish(&ids, &placed))
     }
 
     fn publish(&mut self, ids: &[u16], chain: &[Descriptor]) -> u16 {

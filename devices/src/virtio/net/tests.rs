@@ -1,0 +1,332 @@
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+use crate::virtio::test_utils::{interrupt, memory, CountingInterrupt, Driver, MEM_SIZE};
+use crate::virtio::INT_USED_BUFFER;
+
+/// A socketpair end as the backend: datagrams keep frame boundaries, as a TAP does.
+struct Sock(UnixDatagram);
+
+impl AsRawFd for Sock {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl NetBackend for Sock {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf)
+    }
+    fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        self.0.send(frame)
+    }
+}
+
+const RX_RING: u64 = 0x0;
+const TX_RING: u64 = 0x1000;
+const BUFS: u64 = 0x1_0000;
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+struct Bench {
+    mem: GuestMemoryMmap,
+    dev: VirtioNet,
+    /// The host's end of the link.
+    peer: UnixDatagram,
+    vmm: Arc<CountingInterrupt>,
+    irq: Arc<Interrupt>,
+}
+
+fn bench() -> Bench {
+    let (ours, peer) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let mut dev = VirtioNet::with_backend(Arc::new(Sock(ours)), MAC);
+    let mem = memory();
+    let (vmm, irq) = interrupt();
+    let rx = Driver::new(&mem, RX_RING, 16).queue();
+    let tx = Driver::new(&mem, TX_RING, 16).queue();
+    dev.activate(mem.clone(), dev.features(), vec![rx, tx], irq.clone()).unwrap();
+    Bench { mem, dev, peer, vmm, irq }
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+}
+
+fn peer_recv(peer: &UnixDatagram) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 70_000];
+    match peer.recv(&mut buf) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn mac_parsing_and_random_macs() {
+    assert_eq!(parse_mac("52:54:00:12:34:56").unwrap(), MAC);
+    assert_eq!(parse_mac("52-54-00-AB-cd-ef").unwrap(), [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+    for bad in
+        ["", "52:54:00:12:34", "52:54:00:12:34:56:78", "5:54:00:12:34:56", "zz:54:00:12:34:56", "+1:54:00:12:34:56"]
+    {
+        assert!(matches!(parse_mac(bad), Err(NetError::InvalidMac(_))), "{bad}");
+    }
+    assert!(matches!(parse_mac("01:00:5e:00:00:01"), Err(NetError::MulticastMac(_))));
+    let mac = random_mac();
+    assert_eq!(mac[0] & 3, 2, "locally administered unicast");
+    assert_ne!(random_mac(), random_mac());
+}
+
+#[test]
+fn config_and_features() {
+    let b = bench();
+    let mut mac = [0u8; 8];
+    b.dev.read_config(0, &mut mac);
+    assert_eq!(mac[..6], MAC);
+    assert_eq!(mac[6..], [0, 0]);
+    assert_ne!(b.dev.features() & (1 << VIRTIO_NET_F_MAC), 0);
+    assert_ne!(b.dev.features() & VIRTIO_F_VERSION_1, 0);
+    assert_eq!(b.dev.queue_max_sizes(), &[256, 256]);
+}
+
+#[test]
+fn tx_frame_reaches_the_backend() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut tx = Driver::new(&mem, TX_RING, 16);
+    let f = frame(60, 1);
+    b.mem.write_slice(&[0xee; NET_HDR_LEN], GuestAddress(BUFS)).unwrap();
+    b.mem.write_slice(&f[..20], GuestAddress(BUFS + 0x100)).unwrap();
+    b.mem.write_slice(&f[20..], GuestAddress(BUFS + 0x200)).unwrap();
+    let head = tx.add(&[(BUFS, 12, false), (BUFS + 0x100, 20, false), (BUFS + 0x200, 40, false)]);
+    // The header may share a buffer with the frame.
+    b.mem.write_slice(&f, GuestAddress(BUFS + 0x30c)).unwrap();
+    tx.add(&[(BUFS + 0x300, 8, false), (BUFS + 0x308, 4 + 60, false)]);
+    b.dev.queue_notify(TX_QUEUE);
+    assert_eq!(peer_recv(&b.peer).unwrap(), f);
+    assert_eq!(peer_recv(&b.peer).unwrap(), f);
+    assert_eq!(peer_recv(&b.peer), None);
+    assert_eq!(tx.used_all(), vec![(u32::from(head), 0), (3, 0)]);
+    assert_eq!(b.vmm.count(), 1);
+    let m = b.dev.metrics();
+    assert_eq!(m.tx_frames.load(Ordering::Relaxed), 2);
+    assert_eq!(m.tx_bytes.load(Ordering::Relaxed), 120);
+}
+
+#[test]
+fn malformed_tx_chains_are_dropped_and_returned() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut tx = Driver::new(&mem, TX_RING, 16);
+    tx.add(&[(BUFS, 8, false)]);
+    tx.add(&[(BUFS, 12, false), (BUFS + 0x100, 60, true)]);
+    tx.add(&[(BUFS, 12, false), (MEM_SIZE - 10, 60, false)]);
+    tx.add(&[(BUFS, 12, false), (BUFS + 0x100, 70_000, false)]);
+    b.dev.queue_notify(TX_QUEUE);
+    assert_eq!(peer_recv(&b.peer), None);
+    assert_eq!(tx.used_idx(), 4);
+    assert_eq!(b.dev.metrics().errors.load(Ordering::Relaxed), 4);
+    assert!(!b.irq.needs_reset());
+}
+
+#[test]
+fn looping_tx_chain_breaks_the_queue() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut tx = Driver::new(&mem, TX_RING, 16);
+    let next = VRING_DESC_F_NEXT as u16;
+    tx.write_desc(0, BUFS, 12, next, 1);
+    tx.write_desc(1, BUFS + 0x100, 60, next, 0);
+    tx.publish(0);
+    b.dev.queue_notify(TX_QUEUE);
+    assert!(b.irq.needs_reset());
+    tx.add(&[(BUFS, 12, false), (BUFS + 0x100, 60, false)]);
+    b.dev.queue_notify(TX_QUEUE);
+    assert_eq!(peer_recv(&b.peer), None);
+}
+
+#[test]
+fn rx_frame_lands_in_guest_memory_with_its_header() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    b.mem.write_slice(&[0xee; 2048], GuestAddress(BUFS)).unwrap();
+    // Header and frame in separate buffers, as Linux's big-packet mode does.
+    let head = rx.add(&[(BUFS, 12, true), (BUFS + 0x100, 1514, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    let f = frame(100, 3);
+    b.peer.send(&f).unwrap();
+    wait_until("the frame is used", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (u32::from(head), 112));
+    let mut header = [0xffu8; 12];
+    b.mem.read_slice(&mut header, GuestAddress(BUFS)).unwrap();
+    assert_eq!(header, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "zeroed, num_buffers = 1");
+    let mut got = vec![0u8; 100];
+    b.mem.read_slice(&mut got, GuestAddress(BUFS + 0x100)).unwrap();
+    assert_eq!(got, f);
+    wait_until("the VMM is notified", || b.vmm.count() == 1);
+    assert_eq!(b.irq.status() & INT_USED_BUFFER, INT_USED_BUFFER);
+    let m = b.dev.metrics();
+    assert_eq!(m.rx_frames.load(Ordering::Relaxed), 1);
+    assert_eq!(m.rx_bytes.load(Ordering::Relaxed), 100);
+}
+
+#[test]
+fn rx_without_buffers_keeps_the_frame_until_the_driver_adds_some() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let (f1, f2) = (frame(64, 1), frame(80, 2));
+    b.peer.send(&f1).unwrap();
+    let metrics = b.dev.metrics();
+    wait_until("the frame waits for a buffer", || metrics.rx_deferred.load(Ordering::Relaxed) == 1);
+    b.peer.send(&f2).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rx.used_idx(), 0);
+    assert_eq!(metrics.rx_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(rx.used_flags(), 0, "the device wants refill notifications");
+    rx.add(&[(BUFS, 2048, true)]);
+    rx.add(&[(BUFS + 0x1000, 2048, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    wait_until("both frames are used", || rx.used_idx() == 2);
+    let mut got = vec![0u8; 64];
+    b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
+    assert_eq!(got, f1, "the kept frame comes first");
+    let mut got = vec![0u8; 80];
+    b.mem.read_slice(&mut got, GuestAddress(BUFS + 0x1000 + 12)).unwrap();
+    assert_eq!(got, f2);
+    assert_eq!(rx.used_all(), vec![(0, 76), (1, 92)]);
+}
+
+#[test]
+fn rx_frame_too_big_for_the_buffer_is_dropped_and_the_buffer_kept() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let head = rx.add(&[(BUFS, 64, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    b.peer.send(&frame(100, 1)).unwrap();
+    let metrics = b.dev.metrics();
+    wait_until("the big frame is dropped", || metrics.rx_dropped.load(Ordering::Relaxed) == 1);
+    assert_eq!(rx.used_idx(), 0);
+    let small = frame(40, 9);
+    b.peer.send(&small).unwrap();
+    wait_until("the small frame is used", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (u32::from(head), 52));
+    let mut got = vec![0u8; 40];
+    b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
+    assert_eq!(got, small);
+}
+
+#[test]
+fn rx_chain_outside_guest_memory_is_returned_and_the_frame_kept() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(MEM_SIZE - 16, 2048, true)]);
+    rx.add(&[(BUFS, 2048, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    let f = frame(200, 4);
+    b.peer.send(&f).unwrap();
+    wait_until("both chains are used", || rx.used_idx() == 2);
+    assert_eq!(rx.used_all(), vec![(0, 0), (1, 212)]);
+    let mut got = vec![0u8; 200];
+    b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
+    assert_eq!(got, f);
+    assert_eq!(b.dev.metrics().errors.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn broken_rx_ring_sets_needs_reset() {
+    let b = bench();
+    let mem = b.mem.clone();
+    let rx = Driver::new(&mem, RX_RING, 16);
+    rx.set_avail_idx(100);
+    b.peer.send(&frame(60, 0)).unwrap();
+    wait_until("the device asks for a reset", || b.irq.needs_reset());
+    assert_eq!(rx.used_idx(), 0);
+}
+
+#[test]
+fn many_frames_are_delivered_in_order() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let mut delivered = 0u16;
+    for round in 0..5u8 {
+        for i in 0..8u64 {
+            rx.add(&[(BUFS + i * 0x1000, 2048, true)]);
+        }
+        b.dev.queue_notify(RX_QUEUE);
+        for i in 0..8u8 {
+            b.peer.send(&frame(60 + usize::from(i), round * 8 + i)).unwrap();
+        }
+        delivered += 8;
+        wait_until("the round is used", || rx.used_idx() == delivered);
+        for i in 0..8u16 {
+            let (id, len) = rx.used_elem(delivered - 8 + i);
+            assert_eq!(len, 72 + u32::from(i));
+            let mut got = vec![0u8; 60 + usize::from(i)];
+            let buf = BUFS + u64::from(id % 8) * 0x1000;
+            b.mem.read_slice(&mut got, GuestAddress(buf + 12)).unwrap();
+            assert_eq!(got, frame(60 + usize::from(i), round * 8 + i as u8));
+        }
+    }
+}
+
+#[test]
+fn reset_and_drop_stop_the_rx_thread() {
+    let mut b = bench();
+    b.dev.reset();
+    // No thread reads the backend any more: the frame stays in the socket.
+    b.peer.send(&frame(60, 0)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 2048, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    b.dev.queue_notify(TX_QUEUE);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rx.used_idx(), 0);
+
+    // Activated again, the device picks the frame up.
+    let (_, irq) = interrupt();
+    let rxq = Driver::new(&mem, RX_RING, 16).queue();
+    let txq = Driver::new(&mem, TX_RING, 16).queue();
+    b.dev.activate(mem.clone(), b.dev.features(), vec![rxq, txq], irq).unwrap();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 2048, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    wait_until("the frame is used after re-activation", || rx.used_idx() == 1);
+
+    // Dropping a running device joins its thread.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(b);
+        done_tx.send(()).unwrap();
+    });
+    done_rx.recv_timeout(Duration::from_secs(10)).expect("drop joined the RX thread");
+}
+
+#[test]
+fn activation_needs_two_queues() {
+    let (ours, _peer) = UnixDatagram::pair().unwrap();
+    let mut dev = VirtioNet::with_backend(Arc::new(Sock(ours)), MAC);
+    let mem = memory();
+    let (_, irq) = interrupt();
+    let q = Driver::new(&mem, RX_RING, 16).queue();
+    assert!(matches!(dev.activate(mem.clone(), 0, vec![q], irq), Err(VirtioError::QueueCount { expected: 2, got: 1 })));
+}
