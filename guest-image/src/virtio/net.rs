@@ -75,13 +75,10 @@ impl Net {
         let len = (HEADER_LEN + frame_len).min(BUFFER_LEN);
         let result = fill(&mut buffer[HEADER_LEN..len]);
         let chain = [Buffer { addr: buffer.as_ptr() as u64, len: len as u32, device_writes: false }];
-        match self.tx.add(&chain) {
-            Some(head) => {
-                self.tx_in_flight.push((head, buffer));
-                self.mmio.notify(TX);
-            }
-            // Every TX descriptor in flight: drop the frame, as a full NIC would.
-            None => {}
+        // With every TX descriptor in flight the frame is dropped, as a full NIC would.
+        if let Some(head) = self.tx.add(&chain) {
+            self.tx_in_flight.push((head, buffer));
+            self.mmio.notify(TX);
         }
         result
     }
