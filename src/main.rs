@@ -10,11 +10,14 @@ use mvm_vmm::power::ExitReason;
 use mvm_vmm::virtio::{DiskConfig, NetConfig};
 use mvm_vmm::{KernelSource, VmConfig, VmEnd};
 
+mod up;
+
 /// The tiny guest kernel, built from guest-image/ by build.rs.
 static BUILTIN_GUEST: &[u8] = include_bytes!(env!("MVM_GUEST_ELF"));
 
 /// Exit statuses of mvm itself; a guest's own status passes through as is.
 mod status {
+    pub const TRAP: u8 = 121;
     pub const OUT_OF_MEMORY: u8 = 122;
     pub const GUEST_CRASHED: u8 = 123;
     pub const TIMEOUT: u8 = 124;
@@ -47,6 +50,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a WebAssembly (WASI) job described by a job file in its own VM: stream its stdout and
+    /// stderr, collect what it writes under /out, and exit with its status. See README.md for the
+    /// job file format.
+    Up {
+        /// The job file (job.toml).
+        job: PathBuf,
+        /// Report how the job ended as one JSON object on stderr instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot a VM with its serial console on stdout; exit with the guest's status.
     Boot(BootArgs),
     /// Report what this host's KVM offers mvm (hardware or PVM, vCPU limit).
@@ -91,6 +104,12 @@ struct BootArgs {
     /// administered. Repeatable.
     #[arg(long = "net", value_name = "tap=NAME[,mac=XX:XX:XX:XX:XX:XX]")]
     nets: Vec<NetConfig>,
+
+    /// Limit the VM to this many host cores' worth of CPU time across all its vCPUs: 0.25 is a
+    /// quarter of one core; at most the host's CPU count. The vCPU threads are parked once the
+    /// VM has used its share of each 20 ms period. Default: no limit.
+    #[arg(long, value_name = "CORES", allow_negative_numbers = true)]
+    cpu_quota: Option<f64>,
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -119,6 +138,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot(args, cli.kvm_device),
         Command::Check => check(cli.kvm_device),
+        Command::Up { job, json } => up::up(&job, json, cli.kvm_device),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -143,6 +163,8 @@ fn boot(args: BootArgs, kvm_path: PathBuf) -> anyhow::Result<u8> {
         kvm_path,
         disks: args.disks,
         nets: args.nets,
+        cpu_quota: args.cpu_quota,
+        consoles: Vec::new(),
     };
     let end = mvm_vmm::vm::run(&config, std::io::stdout()).context("cannot boot the VM")?;
     Ok(report(&end))
@@ -154,13 +176,17 @@ fn report(end: &VmEnd) -> u8 {
     match end {
         VmEnd::PowerOff(exit) => {
             match exit.reason {
-                ExitReason::Exit | ExitReason::Fault | ExitReason::OutOfMemory => {}
+                ExitReason::Exit | ExitReason::Fault | ExitReason::OutOfMemory | ExitReason::Trap => {}
                 ExitReason::Panic => eprintln!("mvm: guest panicked (status {})", exit.status),
                 ExitReason::Unknown(code) => {
                     eprintln!("mvm: guest powered off with unknown reason {code} (status {})", exit.status)
                 }
             }
             exit.status
+        }
+        VmEnd::Trap { message } => {
+            eprintln!("mvm: trap: {message}");
+            status::TRAP
         }
         VmEnd::OutOfMemory { ram_mib } => {
             eprintln!("mvm: guest out of memory (guest RAM {ram_mib} MiB)");

@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod entropy;
 pub mod i8042;
 pub mod power;
 pub mod serial;

@@ -5,7 +5,9 @@
 //! `mvm boot`, `reason` (bits 8-15) says why the guest stopped: 0 a normal
 //! exit, 1 a guest panic, 2 a CPU exception (status = the vector; the VMM
 //! reads RDI = RIP, RSI = error code, R8 = CR2, R9 bit 0 = stack overflow
-//! from the vCPU), 3 out of memory. 8- and 16-bit writes are zero-extended.
+//! from the vCPU), 3 out of memory, 4 the job's WebAssembly module trapped
+//! (RDI, RSI = guest-physical address and length of the message). 8- and
+//! 16-bit writes are zero-extended.
 //! Reads return 0. The layout is documented in guest-image/README.md.
 
 use crate::bus::{BusDevice, VmRequest};
@@ -19,6 +21,7 @@ pub enum ExitReason {
     Panic,
     Fault,
     OutOfMemory,
+    Trap,
     /// A reason this VMM does not know; the status still counts.
     Unknown(u8),
 }
@@ -41,6 +44,7 @@ impl GuestExit {
             1 => ExitReason::Panic,
             2 => ExitReason::Fault,
             3 => ExitReason::OutOfMemory,
+            4 => ExitReason::Trap,
             other => ExitReason::Unknown(other),
         };
         GuestExit { reason, status }

@@ -13,11 +13,13 @@ pub struct Args {
     pub exit_status: u8,
     pub tsc_khz: Option<u64>,
     pub test: Option<&'static [u8]>,
+    /// Run the job on the job disk (`mvm.job=1`) instead of exiting.
+    pub job: bool,
 }
 
 impl Args {
     pub fn parse(cmdline: &'static [u8]) -> Args {
-        let mut args = Args { pvm: false, exit_status: 0, tsc_khz: None, test: None };
+        let mut args = Args { pvm: false, exit_status: 0, tsc_khz: None, test: None, job: false };
         for word in cmdline.split(|b| *b == b' ').filter(|w| !w.is_empty()) {
             let (key, value) = match word.iter().position(|b| *b == b'=') {
                 Some(i) => (&word[..i], &word[i + 1..]),
@@ -34,6 +36,7 @@ impl Args {
                     None => panic!("mvm.tsc_khz={}: expected a frequency in kHz", Display(value)),
                 },
                 b"mvm.test" => args.test = Some(value),
+                b"mvm.job" => args.job = value == b"1",
                 _ => {}
             }
         }

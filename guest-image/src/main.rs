@@ -14,9 +14,12 @@ extern crate alloc;
 mod bootparams;
 mod cmdline;
 mod console;
+mod entropy;
 mod gdt;
 mod idle;
 mod interrupts;
+mod iobench;
+mod job;
 mod memory;
 mod netstack;
 mod paging;
@@ -85,6 +88,9 @@ extern "C" fn kernel_main(boot_params: *const u8) -> ! {
 
     if let Some(test) = args.test {
         selftest::run(test, boot.cmdline);
+    }
+    if args.job {
+        job::run(boot.cmdline);
     }
     power::exit(args.exit_status)
 }

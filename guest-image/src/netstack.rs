@@ -6,7 +6,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::str::FromStr;
 
-use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
@@ -17,6 +17,8 @@ use crate::virtio::net::Net;
 
 /// The longest the guest halts between polls when smoltcp has no timer due.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// The TCP send buffer of `send_stream`: the most data in flight.
+const STREAM_SEND_BUFFER: usize = 256 * 1024;
 
 pub struct Stack {
     device: Net,
@@ -104,6 +106,50 @@ impl Stack {
         self.sockets.get_mut::<tcp::Socket>(handle).close();
         self.step();
         Ok(received)
+    }
+
+    /// Connects to `peer`, sends `len` bytes (`chunk` over and over) as fast
+    /// as the peer takes them and closes; returns once the peer has
+    /// acknowledged the data and the close, or fails after `timeout_ms`.
+    pub fn send_stream(&mut self, peer: IpEndpoint, chunk: &[u8], len: u64, timeout_ms: u64) -> Result<(), &'static str> {
+        if chunk.is_empty() {
+            return Err("nothing to send: the chunk is empty");
+        }
+        let buffers = (tcp::SocketBuffer::new(vec![0; 4096]), tcp::SocketBuffer::new(vec![0; STREAM_SEND_BUFFER]));
+        let handle = self.sockets.add(tcp::Socket::new(buffers.0, buffers.1));
+        let local_port = 49152 + (monotonic_ns() % 16384) as u16;
+        let context = self.iface.context();
+        self.sockets.get_mut::<tcp::Socket>(handle).connect(context, peer, local_port).map_err(|_| "cannot connect")?;
+        let deadline = monotonic_ns() + timeout_ms * 1_000_000;
+        let (mut queued, mut closing) = (0, false);
+        let result = loop {
+            if monotonic_ns() > deadline {
+                break Err("timed out");
+            }
+            // smoltcp sends at most one segment per socket and poll.
+            let progress = self.iface.poll(now(), &mut self.device, &mut self.sockets);
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            match socket.state() {
+                tcp::State::Closed => break Err("connection refused or reset"),
+                tcp::State::FinWait2 | tcp::State::TimeWait => break Ok(()),
+                _ => {}
+            }
+            if queued < len && socket.can_send() {
+                let at = (queued % chunk.len() as u64) as usize;
+                let end = chunk.len().min(at + (len - queued).min(chunk.len() as u64) as usize);
+                match socket.send_slice(&chunk[at..end]) {
+                    Ok(n) => queued += n as u64,
+                    Err(_) => break Err("send failed"),
+                }
+            } else if queued == len && !closing && socket.may_send() {
+                socket.close();
+                closing = true;
+            } else if progress == PollResult::None {
+                self.step();
+            }
+        };
+        self.sockets.remove(handle);
+        result
     }
 }
 

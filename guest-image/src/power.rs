@@ -12,6 +12,7 @@ enum Reason {
     Panic = 1,
     Fault = 2,
     OutOfMemory = 3,
+    Trap = 4,
 }
 
 /// What the VMM reads from the registers at a fault power-off.
@@ -56,6 +57,20 @@ pub fn fault(report: FaultReport) -> ! {
     unsafe {
         asm!("out dx, eax", in("dx") EXIT_PORT, in("eax") value, in("rdi") report.rip, in("rsi") report.error_code,
              in("r8") report.cr2, in("r9") u64::from(report.stack_overflow), options(nomem, nostack));
+    }
+    halt_forever()
+}
+
+/// Reason "trap": the job's WebAssembly module trapped. RDI and RSI give the
+/// guest-physical address and length of the message (UTF-8), which the VMM
+/// reads (at most 1 KiB of it).
+pub fn trap(message: &str) -> ! {
+    let value = (Reason::Trap as u32) << 8 | 1;
+    // SAFETY: the write ends the VM; the message stays in place while the
+    // VMM reads it (the guest never runs again).
+    unsafe {
+        asm!("out dx, eax", in("dx") EXIT_PORT, in("eax") value, in("rdi") message.as_ptr() as u64,
+             in("rsi") message.len() as u64, options(readonly, nostack));
     }
     halt_forever()
 }

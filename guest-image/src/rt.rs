@@ -75,3 +75,13 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     crate::console::print(format_args!("guest panic: {info}\n"));
     crate::power::panic(crate::cmdline::PANIC_STATUS)
 }
+
+/// The prebuilt `alloc` was compiled with unwinding and references these even
+/// under `panic = "abort"`; nothing ever unwinds here, so neither is called.
+#[no_mangle]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    panic!("_Unwind_Resume called in a kernel that never unwinds")
+}
+
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}

@@ -47,6 +47,8 @@ pub fn run(spec: &[u8], cmdline: &[u8]) {
         b"blk-abuse" => blk_abuse(disk(cmdline, number())),
         b"net-echo" => net_echo(cmdline, arg.unwrap_or_default()),
         b"net-serve" => network(cmdline).serve(number()),
+        b"blk-seq-read" | b"blk-seq-write" | b"blk-rand-read" => crate::iobench::blk(name, spec, arg, |index| disk(cmdline, index)),
+        b"net-send" => crate::iobench::net_send(spec, arg, || network(cmdline)),
         _ => panic!("mvm.test={}: unknown self-test", Display(spec)),
     }
 }

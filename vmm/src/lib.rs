@@ -14,6 +14,7 @@ pub mod layout;
 pub mod loader;
 pub mod memory;
 pub mod pvm;
+pub mod quota;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

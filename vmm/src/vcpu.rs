@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, Once};
+use std::os::unix::thread::JoinHandleExt;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,9 @@ use kvm_bindings::{kvm_regs, kvm_sregs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use mvm_devices::power::{ExitReason, GuestExit};
 use mvm_devices::{Bus, VmRequest};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::quota::VcpuGate;
 
 pub struct Buses {
     pub io: Bus,
@@ -159,7 +162,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     // Nothing to do: delivery alone makes KVM_RUN return EINTR.
 }
 
-fn install_kick_handler() -> std::io::Result<()> {
+pub(crate) fn install_kick_handler() -> std::io::Result<()> {
     static INSTALL: Once = Once::new();
     let mut result = Ok(());
     INSTALL.call_once(|| {
@@ -213,8 +216,8 @@ pub struct Idle {
 }
 
 pub struct VcpuThread {
-    handle: JoinHandle<()>,
-    wakeup: Arc<Wakeup>,
+    pub(crate) handle: JoinHandle<()>,
+    pub(crate) wakeup: Arc<Wakeup>,
 }
 
 /// The first wait between kicks of a stopping vCPU; it doubles up to
@@ -222,6 +225,30 @@ pub struct VcpuThread {
 /// the signal, so the first retries come soon.
 const KICK_INTERVAL_MIN: Duration = Duration::from_micros(20);
 const KICK_INTERVAL_MAX: Duration = Duration::from_millis(1);
+
+/// Sends `thread` [`kick_signal`] until `done()`: the caller has first set
+/// what the thread must see (the stop flag, a closed quota gate), and `done`
+/// says it has seen it. Retrying is what catches a thread that was between
+/// its check and KVM_RUN when a signal came (see the module comment).
+///
+/// # Safety
+///
+/// `thread` must be a thread of this process that is neither joined nor
+/// detached. One that has ended but is not yet joined is fine: pthread_kill
+/// on it is still valid, so the race with its end is harmless.
+pub(crate) unsafe fn kick_until(thread: libc::pthread_t, mut done: impl FnMut() -> bool) -> std::io::Result<()> {
+    let mut interval = KICK_INTERVAL_MIN;
+    while !done() {
+        // SAFETY: the caller guarantees `thread` is neither joined nor detached.
+        let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        std::thread::sleep(interval);
+        interval = (interval * 2).min(KICK_INTERVAL_MAX);
+    }
+    Ok(())
+}
 
 impl VcpuThread {
     /// Joins a thread that has ended on its own, or is about to: the one
@@ -236,18 +263,16 @@ impl VcpuThread {
     /// has seen the stop flag (set by the caller), then joins it.
     pub fn stop_and_join(self) {
         self.wakeup.notify();
-        let mut interval = KICK_INTERVAL_MIN;
-        while !self.handle.is_finished() {
-            // pthread_kill on a thread that ended but is not yet joined is
-            // still valid, so the race with its end is harmless.
-            if let Err(err) = self.handle.kill(kick_signal()) {
-                tracing::warn!("cannot signal a vCPU thread: {err}");
-                break;
-            }
-            std::thread::sleep(interval);
-            interval = (interval * 2).min(KICK_INTERVAL_MAX);
+        // SAFETY: `self.handle` is neither joined (join takes it, below) nor detached.
+        if let Err(err) = unsafe { kick_until(self.pthread(), || self.handle.is_finished()) } {
+            tracing::warn!("cannot signal a vCPU thread: {err}");
         }
         self.join();
+    }
+
+    /// The thread's pthread id, valid until the thread is joined.
+    pub(crate) fn pthread(&self) -> libc::pthread_t {
+        self.handle.as_pthread_t()
     }
 }
 
@@ -258,11 +283,12 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
     events: Sender<VcpuEnd>,
     idle: Idle,
+    quota: Option<VcpuGate>,
 ) -> std::io::Result<VcpuThread> {
     install_kick_handler()?;
     let wakeup = idle.wakeup.clone();
     let handle = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
-        if let Some(cause) = run_loop(&mut vcpu, &buses, &stop, &idle) {
+        if let Some(cause) = run_loop(&mut vcpu, &buses, &stop, &idle, quota.as_ref()) {
             // The VM may have stopped waiting already; nothing to tell then.
             let _ = events.send(VcpuEnd { index, cause });
         }
@@ -271,14 +297,21 @@ pub fn spawn(
 }
 
 /// Runs until the guest stops the vCPU (Some) or the VM asks it to (None).
-fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool, idle: &Idle) -> Option<EndCause> {
+fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool, idle: &Idle, quota: Option<&VcpuGate>) -> Option<EndCause> {
     let mut stats = ExitStats::default();
     let mut deadline = None;
     loop {
+        // With a CPU quota: parks here while the VM's budget is spent, and
+        // marks the vCPU in the guest until KVM_RUN returns (quota.rs has
+        // the races). The stop check comes after, so a parked vCPU released
+        // at the VM's end stops at once.
+        let in_guest = quota.map(VcpuGate::enter);
         if stop.load(Ordering::Acquire) {
             return None;
         }
-        let action = match vcpu.run() {
+        let run = vcpu.run();
+        drop(in_guest);
+        let action = match run {
             Ok(exit) => handle_exit(exit, buses, &mut stats),
             Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => continue,
             Err(err) => return Some(EndCause::RunFailed(err.into())),
@@ -297,9 +330,12 @@ fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool, idle: &Idle) ->
 }
 
 fn guest_end(vcpu: &mut VcpuFd, cause: StopCause) -> EndCause {
-    // Crashes get a register dump; a guest fault report is in the registers.
+    // Crashes get a register dump; a guest's fault or trap report is in the registers.
     let crashed = !matches!(cause, StopCause::Request(_))
-        || matches!(cause, StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::Fault, .. })));
+        || matches!(
+            cause,
+            StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::Fault | ExitReason::Trap, .. }))
+        );
     let state = crashed
         .then(|| Some(Box::new((vcpu.get_regs().ok()?, vcpu.get_sregs().ok()?))))
         .flatten();

@@ -4,12 +4,16 @@
 //! `virtio_mmio.device=4K@<base>:<irq>` words on its command line, as Linux
 //! expects.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use mvm_devices::virtio::{net, BlockError, MmioTransport, Tap, TapError, VirtioBlock, VirtioDevice, VirtioError, VirtioInterrupt, VirtioNet, MMIO_LEN};
+use mvm_devices::virtio::{
+    net, BlockError, MmioTransport, Tap, TapError, VirtioBlock, VirtioConsole, VirtioDevice, VirtioError,
+    VirtioInterrupt, VirtioNet, MMIO_LEN,
+};
 use mvm_devices::{Bus, BusError};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -36,6 +40,27 @@ pub struct NetConfig {
     /// The TAP device to attach to (created if missing and mvm may).
     pub tap: String,
     pub mac: Option<[u8; 6]>,
+}
+
+/// Where a virtio console's output goes: a writer shared with whoever set
+/// up the VM (a job's stdout, a log).
+#[derive(Clone)]
+pub struct ConsoleSink(Arc<Mutex<dyn Write + Send>>);
+
+impl ConsoleSink {
+    pub fn new(out: impl Write + Send + 'static) -> ConsoleSink {
+        ConsoleSink(Arc::new(Mutex::new(out)))
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,18 +170,20 @@ impl VirtioInterrupt for GuestNotifier {
     }
 }
 
-/// Creates the devices `disks` then `nets` ask for, places them on the MMIO
-/// bus, and returns the command-line words that announce them.
+/// Creates the devices `disks`, `nets` and `consoles` ask for, in that
+/// order, places them on the MMIO bus, and returns the command-line words
+/// that announce them.
 pub fn attach(
     disks: &[DiskConfig],
     nets: &[NetConfig],
+    consoles: &[ConsoleSink],
     mem: &GuestMemoryMmap,
     vm: &VmFd,
     irqchip: bool,
     wakeup: &Arc<Wakeup>,
     bus: &mut Bus,
 ) -> Result<Vec<String>, AttachError> {
-    if disks.len() + nets.len() > MAX_DEVICES {
+    if disks.len() + nets.len() + consoles.len() > MAX_DEVICES {
         return Err(AttachError::TooMany);
     }
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -168,6 +195,9 @@ pub fn attach(
     for config in nets {
         let tap = Tap::open(&config.tap).map_err(|source| AttachError::Net { tap: config.tap.clone(), source })?;
         devices.push(Box::new(VirtioNet::new(tap, config.mac.unwrap_or_else(net::random_mac))));
+    }
+    for sink in consoles {
+        devices.push(Box::new(VirtioConsole::new(Box::new(sink.clone()))));
     }
     let count = devices.len();
     for (index, device) in devices.into_iter().enumerate() {

@@ -12,18 +12,21 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_pit_config, kvm_regs, kvm_sregs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_bindings::{KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_SIMUL_EX};
 use mvm_devices::clock::{WallClock, CLOCK_LEN, CLOCK_PORT};
+use mvm_devices::entropy::{Entropy, ENTROPY_LEN, ENTROPY_PORT};
 use mvm_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use mvm_devices::power::{ExitPort, ExitReason, GuestExit, EXIT_PORT, EXIT_PORT_LEN};
 use mvm_devices::serial::{Com1, COM1_BASE, COM1_IRQ, COM1_LEN};
 use mvm_devices::timer::{WakeTimer, WAKE_TIMER_LEN, WAKE_TIMER_PORT};
 use mvm_devices::{Bus, VmRequest};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::host::{host_memory_bytes, Host, HostError, HostKind};
 use crate::layout::low_ram_end;
 use crate::loader::{Kernel, KernelSource, LoaderError};
+use crate::quota::{self, Quota, Throttle};
 use crate::vcpu::{self, Buses, EndCause, Idle, StopCause, VcpuEnd, Wakeup};
-use crate::virtio::{DiskConfig, NetConfig};
+use crate::virtio::{ConsoleSink, DiskConfig, NetConfig};
 use crate::{boot, memory, pvm, x86};
 
 /// What Linux needs on its command line to use COM1 and reboot through the
@@ -40,6 +43,12 @@ pub struct VmConfig {
     pub kvm_path: PathBuf,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// Host cores' worth of CPU time the VM may use across its vCPUs (0.25
+    /// is a quarter of one core), enforced by `quota.rs`; None: no limit.
+    pub cpu_quota: Option<f64>,
+    /// virtio consoles, after the disks and network devices: a job's stdout
+    /// and stderr.
+    pub consoles: Vec<ConsoleSink>,
 }
 
 impl VmConfig {
@@ -89,6 +98,8 @@ pub enum VmError {
     Bus(#[from] mvm_devices::BusError),
     #[error(transparent)]
     Virtio(#[from] crate::virtio::AttachError),
+    #[error(transparent)]
+    Quota(#[from] quota::QuotaError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -103,6 +114,8 @@ pub enum VmEnd {
     PowerOff(GuestExit),
     /// The guest ran out of its RAM, which is the memory limit.
     OutOfMemory { ram_mib: u64 },
+    /// The job's WebAssembly module trapped; the guest's message.
+    Trap { message: String },
     /// The guest asked for a reset; mvm does not reboot guests.
     Reset,
     Crashed(Crash),
@@ -234,7 +247,20 @@ impl Crash {
     }
 }
 
-fn end_of(vcpu_end: VcpuEnd, ram_mib: u64) -> VmEnd {
+/// The longest trap message read from the guest.
+const TRAP_MESSAGE_MAX: u64 = 1024;
+
+/// Reads a message the guest left at `addr`: bounded, and checked against
+/// guest memory, since the guest chose both numbers.
+fn guest_message(mem: &GuestMemoryMmap, addr: u64, len: u64) -> String {
+    let mut bytes = vec![0u8; len.min(TRAP_MESSAGE_MAX) as usize];
+    match mem.read_slice(&mut bytes, GuestAddress(addr)) {
+        Ok(()) => String::from_utf8_lossy(&bytes).chars().map(|c| if c.is_control() { ' ' } else { c }).collect(),
+        Err(_) => format!("(message at {addr:#x} is outside guest memory)"),
+    }
+}
+
+fn end_of(vcpu_end: VcpuEnd, ram_mib: u64, mem: &GuestMemoryMmap) -> VmEnd {
     let crash = |kind, state| VmEnd::Crashed(Crash { kind, vcpu: vcpu_end.index, state });
     match vcpu_end.cause {
         EndCause::Guest { cause, state, internal_suberror } => match cause {
@@ -251,6 +277,10 @@ fn end_of(vcpu_end: VcpuEnd, ram_mib: u64) -> VmEnd {
             }
             StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::OutOfMemory, .. })) => {
                 VmEnd::OutOfMemory { ram_mib }
+            }
+            StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::Trap, .. })) => {
+                let regs = state.as_ref().map(|s| s.0).unwrap_or_default();
+                VmEnd::Trap { message: guest_message(mem, regs.rdi, regs.rsi) }
             }
             StopCause::Request(VmRequest::PowerOff(exit)) => VmEnd::PowerOff(exit),
             StopCause::Request(VmRequest::WakeAfter(_)) => unreachable!("the vCPU thread handles its wake timer"),
@@ -276,6 +306,7 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     if config.vcpus == 0 {
         return Err(VmError::NoVcpus);
     }
+    let cpu_quota = config.cpu_quota.map(|cores| Quota::new(cores, quota::host_cpus())).transpose()?;
     let mem_size = memory::check_size(config.memory_mib, host_memory_bytes())?;
     let kernel = Kernel::open(&config.kernel)?;
     kernel.check_fits(low_ram_end(mem_size))?;
@@ -309,7 +340,7 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     let boot_idle = Idle { wakeup: Arc::new(Wakeup::default()), devices_can_wake: !config.nets.is_empty() };
     let mut mmio = Bus::new();
     let device_words =
-        crate::virtio::attach(&config.disks, &config.nets, &mem, &vm, irqchip, &boot_idle.wakeup, &mut mmio)?;
+        crate::virtio::attach(&config.disks, &config.nets, &config.consoles, &mem, &vm, irqchip, &boot_idle.wakeup, &mut mmio)?;
     let loaded = kernel.load(&mem)?;
     let words = std::iter::once(cmdline_text.to_string()).chain(device_words).filter(|w| !w.is_empty());
     let guest_words = words.collect::<Vec<_>>().join(" ");
@@ -332,12 +363,14 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     io.insert(EXIT_PORT, EXIT_PORT_LEN, Arc::new(Mutex::new(ExitPort)))?;
     io.insert(WAKE_TIMER_PORT, WAKE_TIMER_LEN, Arc::new(Mutex::new(WakeTimer)))?;
     io.insert(CLOCK_PORT, CLOCK_LEN, Arc::new(Mutex::new(WallClock::default())))?;
+    io.insert(ENTROPY_PORT, ENTROPY_LEN, Arc::new(Mutex::new(Entropy)))?;
     let buses = Arc::new(Buses { io, mmio });
 
     // Without an irqchip nothing can send an application processor its
     // start-up IPI, so only the boot vCPU runs; with one, KVM holds the APs
     // until Linux starts them.
     let runnable = if irqchip { vcpus.len() } else { 1 };
+    let throttle = cpu_quota.and_then(|q| Throttle::new(q, runnable));
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = channel();
     let mut threads = Vec::with_capacity(runnable);
@@ -350,7 +383,8 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
             } else {
                 Idle { wakeup: Arc::new(Wakeup::default()), devices_can_wake: false }
             };
-            let thread = vcpu::spawn(index as u64, vcpu, buses.clone(), stop.clone(), events_tx.clone(), idle);
+            let gate = throttle.as_ref().map(|t| t.gate(index));
+            let thread = vcpu::spawn(index as u64, vcpu, buses.clone(), stop.clone(), events_tx.clone(), idle, gate);
             match thread {
                 Ok(t) => threads.push(t),
                 Err(err) => {
@@ -363,6 +397,14 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
         }
     }
     drop(events_tx);
+    // With a quota, the controller holds the vCPU threads until it ends.
+    let controller = match throttle.map(|t| quota::Controller::start(t, &mut threads)).transpose() {
+        Ok(controller) => controller,
+        Err(err) => {
+            stop_all(&stop, threads);
+            return Err(VmError::Thread(err));
+        }
+    };
     tracing::info!(
         kernel = %config.kernel.describe(),
         memory_mib = config.memory_mib,
@@ -384,11 +426,14 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     let (end, reporter) = match first {
         Ok(first) => {
             let index = first.index;
-            (end_of(first, config.memory_mib), Some(index))
+            (end_of(first, config.memory_mib, &mem), Some(index))
         }
         Err(timed_out) => (timed_out, None),
     };
     stop.store(true, Ordering::Release);
+    if let Some(controller) = controller {
+        threads = controller.stop();
+    }
     for (index, thread) in threads.into_iter().enumerate() {
         // The reporting thread is on its way out: no need to kick it.
         if Some(index as u64) == reporter {

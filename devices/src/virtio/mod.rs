@@ -25,6 +25,7 @@
 
 pub mod block;
 mod chain;
+pub mod console;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 pub use block::{BlockError, BlockMetrics, VirtioBlock};
+pub use console::{ConsoleMetrics, VirtioConsole, TYPE_CONSOLE};
 pub use mmio::{MmioMetrics, MmioTransport, MMIO_LEN};
 pub use net::{NetBackend, NetError, NetMetrics, Tap, TapError, VirtioNet};
 

@@ -8,6 +8,7 @@
 //! early when the device used buffers.
 
 pub mod blk;
+pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod queue;
@@ -18,6 +19,7 @@ use crate::cmdline::parse_u64;
 
 pub const DEVICE_NET: u32 = 1;
 pub const DEVICE_BLOCK: u32 = 2;
+pub const DEVICE_CONSOLE: u32 = 3;
 
 #[derive(Clone, Copy)]
 pub struct Window {

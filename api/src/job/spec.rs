@@ -1,0 +1,596 @@
+//! The job file: `job.toml` read, checked and resolved into a [`JobSpec`].
+//!
+//! Everything is checked before a VM exists: unknown keys at any level, wrong
+//! types, impossible values and missing files are errors naming the key and
+//! its line (`job.toml:4: guest.memory_mib: must be at least 2 (got 0)`). Paths
+//! are resolved against the job file's directory and defaults are applied,
+//! so the rest of mvm never sees a relative path or an unset field.
+//!
+//! The file is first deserialized into the `Raw*` structs, which mirror the
+//! file's layout with every field optional and refuse unknown fields. They
+//! are plain serde types, so the REST API can deserialize the same fields
+//! from JSON; the line numbers come from a separate index of the TOML
+//! document's spans.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tracing::warn;
+
+use super::archive::MAX_INPUT_NAME;
+use super::toml_keys::{join_key, KeyIndex, Lines, Spot};
+
+pub const DEFAULT_MEMORY_MIB: u64 = 64;
+/// Below this the tiny guest cannot hold its page tables, heap and module.
+pub const MIN_MEMORY_MIB: u64 = 2;
+pub const MAX_VCPUS: u64 = 64;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_OUTPUTS: &str = "out/";
+pub const DEFAULT_OUTPUTS_MAX_MIB: u64 = 64;
+pub const MAX_OUTPUTS_MAX_MIB: u64 = 4096;
+/// Job names end up in API paths and file names, so they stay short and plain.
+pub const MAX_NAME_LEN: usize = 64;
+/// Linux's IFNAMSIZ, less the terminating NUL.
+const MAX_TAP_NAME: usize = 15;
+const MIB: u64 = 1 << 20;
+
+/// The job file as written. Every field is optional here so that a missing
+/// required one is reported by [`JobSpec`] validation with its key, the same
+/// way as any other mistake.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub guest: RawGuest,
+    #[serde(default)]
+    pub run: RawRun,
+    #[serde(default)]
+    pub files: RawFiles,
+    #[serde(default)]
+    pub network: RawNetwork,
+}
+
+/// Integers are `i64`, the TOML integer type, so that a negative number is
+/// reported as out of range rather than as a wrong type.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuest {
+    pub kernel: Option<String>,
+    pub memory_mib: Option<i64>,
+    pub vcpus: Option<i64>,
+    pub cpu_quota: Option<f64>,
+    pub timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRun {
+    pub wasm: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub inputs: Option<Vec<String>>,
+    pub outputs: Option<String>,
+    pub outputs_max_mib: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub enabled: Option<bool>,
+    pub tap: Option<String>,
+    pub address: Option<String>,
+    pub gateway: Option<String>,
+}
+
+/// A checked job, paths absolute and defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub name: String,
+    /// The job file's directory, which relative paths in it are relative to.
+    pub dir: PathBuf,
+    pub kernel: Kernel,
+    pub memory_mib: u64,
+    pub vcpus: u64,
+    /// Share of one host CPU for all vCPU threads together; `None`: no quota.
+    pub cpu_quota: Option<f64>,
+    pub timeout: Duration,
+    /// The module as named in the job file (not canonicalized, so that its
+    /// file name, argv[0], is the one the user wrote).
+    pub wasm: PathBuf,
+    /// argv[1..].
+    pub args: Vec<String>,
+    /// Sorted by key.
+    pub env: Vec<(String, String)>,
+    /// Each seen in the guest as `/in/<file name>`; file names are unique.
+    pub inputs: Vec<PathBuf>,
+    /// Where the job's `/out` comes back. Not created by validation.
+    pub outputs: PathBuf,
+    pub outputs_max_bytes: u64,
+    /// `Some` only when the network is enabled.
+    pub network: Option<NetworkSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kernel {
+    /// The project's tiny guest, built into mvm.
+    Builtin,
+    /// A vmlinux or bzImage; checked to be a regular file, not yet parsed.
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub tap: String,
+    pub address: Option<IpCidr>,
+    pub gateway: Option<IpAddr>,
+}
+
+/// An address with its prefix length, as in `10.0.0.2/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpCidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// What validation may not exceed on this host; a parameter so that tests
+/// do not depend on the machine they run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub memory_mib: u64,
+    pub cpus: u32,
+}
+
+impl HostLimits {
+    /// RAM from /proc/meminfo's MemTotal, CPUs from the available
+    /// parallelism (which honours affinity and cgroup limits). When either
+    /// cannot be read, it is logged and that limit is not enforced.
+    pub fn detect() -> HostLimits {
+        let memory_mib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| parse_meminfo(&s));
+        let memory_mib = memory_mib.unwrap_or_else(|| {
+            warn!("cannot read MemTotal from /proc/meminfo: guest memory is not capped by host RAM");
+            u64::MAX
+        });
+        let cpus = match std::thread::available_parallelism() {
+            Ok(n) => u32::try_from(n.get()).unwrap_or(u32::MAX),
+            Err(e) => {
+                warn!(error = %e, "cannot count host CPUs: cpu_quota is not capped by them");
+                u32::MAX
+            }
+        };
+        HostLimits { memory_mib, cpus }
+    }
+}
+
+/// MemTotal in MiB, from /proc/meminfo's `MemTotal:  16318412 kB` line.
+pub(crate) fn parse_meminfo(text: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Where an error is: the job file as the user named it, and the line when
+/// the key is in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}", self.file.display()),
+            None => write!(f, "{}", self.file.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{}: cannot read the job file", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: cannot resolve the job file's directory", .path.display())]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A TOML syntax error, in toml's own words.
+    #[error("{at}: {message}")]
+    Toml { at: Location, message: String },
+    #[error("{at}: unknown key {key}")]
+    UnknownKey { at: Location, key: String },
+    #[error("{at}: {key}: {problem}")]
+    Invalid { at: Location, key: String, problem: Problem },
+}
+
+/// What is wrong with one value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Problem {
+    #[error("must be {expected} (got {got})")]
+    Type { expected: String, got: String },
+    /// A deserialization error that is not a type mismatch, in serde's words.
+    #[error("{0}")]
+    Decode(String),
+    #[error("is required")]
+    Required,
+    #[error("must be at least {min} (got {got})")]
+    Below { min: u64, got: i64 },
+    #[error("must be at most {max} (got {got})")]
+    Above { max: u64, got: i64 },
+    #[error("must be at most the host's memory, {host_mib} MiB (got {got})")]
+    AboveHostMemory { host_mib: u64, got: u64 },
+    #[error("must be a number greater than 0 (got {got:?})")]
+    NotPositive { got: f64 },
+    #[error("must be at most the host's {cpus} CPUs (got {got:?})")]
+    AboveHostCpus { cpus: u32, got: f64 },
+    #[error("is too large (got {got:?})")]
+    TooLarge { got: f64 },
+    #[error("must not be empty")]
+    Empty,
+    #[error("must not contain a NUL byte")]
+    ContainsNul,
+    #[error("must not contain '='")]
+    ContainsEquals,
+    #[error("must be at most {MAX_NAME_LEN} letters, digits, '.', '_' or '-', and not '.' or '..' (got {0:?})")]
+    BadName(String),
+    #[error("must name a .wasm or .wat file (got {0:?})")]
+    NotWasmName(String),
+    #[error("no such file: {}", .0.display())]
+    NoSuchFile(PathBuf),
+    #[error("cannot access {}: {kind}", .path.display())]
+    Inaccessible { path: PathBuf, kind: io::ErrorKind },
+    #[error("not a regular file: {}", .0.display())]
+    NotAFile(PathBuf),
+    #[error("exists and is not a directory: {}", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("has no file name: {0:?}")]
+    NoFileName(String),
+    #[error("file name {name:?} is longer than {MAX_INPUT_NAME} bytes")]
+    InputNameTooLong { name: String },
+    #[error("file name {name:?} is also used by {other}; both would be /in/{name}")]
+    DuplicateInput { name: String, other: String },
+    #[error("is required when network.enabled is true")]
+    TapRequired,
+    #[error("not an interface name: at most {MAX_TAP_NAME} bytes, no '/', ':' or whitespace (got {0:?})")]
+    BadTap(String),
+    #[error("not an IP address with a prefix length, like 10.0.0.2/24 (got {0:?})")]
+    BadCidr(String),
+    #[error("not an IP address, like 10.0.0.1 (got {0:?})")]
+    BadIp(String),
+}
+
+impl JobSpec {
+    /// Reads and checks the job file at `path`.
+    pub fn load(path: &Path, host: &HostLimits) -> Result<JobSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
+        JobSpec::parse(&text, path, host)
+    }
+
+    /// Checks a job file's text. `file` is what messages call the file, and
+    /// its directory (which must exist) is the base of relative paths.
+    pub fn parse(text: &str, file: &Path, host: &HostLimits) -> Result<JobSpec, SpecError> {
+        let root = toml::de::DeTable::parse(text).map_err(|e| SpecError::Toml {
+            at: Location { file: file.to_owned(), line: e.span().map(|s| Lines::new(text).line_of(s.start)) },
+            message: e.message().to_owned(),
+        })?;
+        let keys = KeyIndex::new(text, root.get_ref());
+        let raw = RawJob::deserialize(toml::de::Deserializer::from(root)).map_err(|e| decode_error(&e, file, &keys))?;
+        let parent = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = std::fs::canonicalize(parent).map_err(|source| SpecError::Dir { path: parent.to_owned(), source })?;
+        Resolver { file, dir, keys: &keys, host }.resolve(raw)
+    }
+
+    /// The guest's whole argv: the module's file name, then [`JobSpec::args`].
+    pub fn argv(&self) -> Vec<String> {
+        let argv0 = self.wasm.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        std::iter::once(argv0).chain(self.args.iter().cloned()).collect()
+    }
+}
+
+/// Turns a serde error, which knows only a byte span, into one naming the key.
+fn decode_error(e: &toml::de::Error, file: &Path, keys: &KeyIndex) -> SpecError {
+    let at = |line| Location { file: file.to_owned(), line };
+    let Some(span) = e.span() else {
+        return SpecError::Toml { at: at(None), message: e.message().to_owned() };
+    };
+    let line = Some(keys.line_of_offset(span.start));
+    match keys.spot(&span) {
+        Some(Spot::Key(key)) => SpecError::UnknownKey { at: at(line), key: key.to_owned() },
+        Some(Spot::Value(key)) => {
+            SpecError::Invalid { at: at(line), key: key.to_owned(), problem: type_problem(e.message()) }
+        }
+        None => SpecError::Toml { at: at(line), message: e.message().to_owned() },
+    }
+}
+
+/// Rewords serde's `invalid type: string "3", expected i64` in the job
+/// file's terms; a message of another shape is kept as it is.
+fn type_problem(message: &str) -> Problem {
+    let parsed = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|m| m.rsplit_once(", expected "));
+    let Some((got, expected)) = parsed else {
+        return Problem::Decode(message.to_owned());
+    };
+    let expected = match expected {
+        "i64" => "an integer",
+        "f64" => "a number",
+        "a sequence" => "an array",
+        "a map" => "a table",
+        e if e.starts_with("struct ") => "a table",
+        e => e,
+    };
+    let got = match got {
+        "sequence" => "an array",
+        "map" => "a table",
+        g => g,
+    };
+    // An integer refused where an integer is expected is one beyond i64.
+    if let Some(big) = got.strip_suffix(" as i128").or_else(|| got.strip_suffix(" as u128")) {
+        return Problem::Type { expected: "a 64-bit integer".to_owned(), got: big.to_owned() };
+    }
+    Problem::Type { expected: expected.to_owned(), got: got.to_owned() }
+}
+
+/// Checks a [`RawJob`] and resolves its paths against the job directory.
+struct Resolver<'a> {
+    file: &'a Path,
+    dir: PathBuf,
+    keys: &'a KeyIndex,
+    host: &'a HostLimits,
+}
+
+impl Resolver<'_> {
+    fn invalid(&self, key: &str, problem: Problem) -> SpecError {
+        self.invalid_near(key, key, problem)
+    }
+
+    /// An error about `key`, on the line of `near` (for a key that is
+    /// missing but should not be, the line of the key that requires it).
+    fn invalid_near(&self, key: &str, near: &str, problem: Problem) -> SpecError {
+        let at = Location { file: self.file.to_owned(), line: self.keys.line_of(near) };
+        SpecError::Invalid { at, key: key.to_owned(), problem }
+    }
+
+    fn resolve(&self, raw: RawJob) -> Result<JobSpec, SpecError> {
+        let name = match raw.name {
+            Some(name) if valid_name(&name) => name,
+            Some(name) => return Err(self.invalid("name", Problem::BadName(name))),
+            None => default_name(&self.dir),
+        };
+        let g = raw.guest;
+        let kernel = match g.kernel.as_deref() {
+            None | Some("builtin") => Kernel::Builtin,
+            Some(path) => Kernel::Path(self.existing_file("guest.kernel", path)?),
+        };
+        let memory_mib = self.int("guest.memory_mib", g.memory_mib, DEFAULT_MEMORY_MIB, MIN_MEMORY_MIB, u64::MAX)?;
+        if memory_mib > self.host.memory_mib {
+            let problem = Problem::AboveHostMemory { host_mib: self.host.memory_mib, got: memory_mib };
+            return Err(self.invalid("guest.memory_mib", problem));
+        }
+        let vcpus = self.int("guest.vcpus", g.vcpus, 1, 1, MAX_VCPUS)?;
+        let cpu_quota = match g.cpu_quota {
+            None => None,
+            Some(q) => {
+                let q = self.positive("guest.cpu_quota", q)?;
+                if q > f64::from(self.host.cpus) {
+                    return Err(
+                        self.invalid("guest.cpu_quota", Problem::AboveHostCpus { cpus: self.host.cpus, got: q })
+                    );
+                }
+                Some(q)
+            }
+        };
+        let timeout = match g.timeout_s {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => {
+                let t = self.positive("guest.timeout_s", t)?;
+                match Duration::try_from_secs_f64(t) {
+                    // Under a nanosecond rounds to no time at all.
+                    Ok(d) if d.is_zero() => {
+                        return Err(self.invalid("guest.timeout_s", Problem::NotPositive { got: t }))
+                    }
+                    Ok(d) => d,
+                    Err(_) => return Err(self.invalid("guest.timeout_s", Problem::TooLarge { got: t })),
+                }
+            }
+        };
+
+        let wasm = match raw.run.wasm {
+            None => return Err(self.invalid("run.wasm", Problem::Required)),
+            Some(w) if !(w.ends_with(".wasm") || w.ends_with(".wat")) => {
+                return Err(self.invalid("run.wasm", Problem::NotWasmName(w)))
+            }
+            Some(w) => self.existing_file("run.wasm", &w)?,
+        };
+        let args = raw.run.args.unwrap_or_default();
+        for (i, arg) in args.iter().enumerate() {
+            if arg.contains('\0') {
+                return Err(self.invalid(&format!("run.args[{i}]"), Problem::ContainsNul));
+            }
+        }
+        let env: Vec<(String, String)> = raw.run.env.unwrap_or_default().into_iter().collect();
+        for (k, v) in &env {
+            let problem = if k.is_empty() {
+                Problem::Empty
+            } else if k.contains('=') {
+                Problem::ContainsEquals
+            } else if k.contains('\0') || v.contains('\0') {
+                Problem::ContainsNul
+            } else {
+                continue;
+            };
+            return Err(self.invalid(&join_key("run.env", k), problem));
+        }
+
+        let inputs = self.inputs(raw.files.inputs.unwrap_or_default())?;
+        let outputs = self.outputs(raw.files.outputs.as_deref().unwrap_or(DEFAULT_OUTPUTS))?;
+        let max_mib = raw.files.outputs_max_mib;
+        let outputs_max_mib =
+            self.int("files.outputs_max_mib", max_mib, DEFAULT_OUTPUTS_MAX_MIB, 1, MAX_OUTPUTS_MAX_MIB)?;
+        let network = self.network(raw.network)?;
+
+        Ok(JobSpec {
+            name,
+            dir: self.dir.clone(),
+            kernel,
+            memory_mib,
+            vcpus,
+            cpu_quota,
+            timeout,
+            wasm,
+            args,
+            env,
+            inputs,
+            outputs,
+            outputs_max_bytes: outputs_max_mib * MIB,
+            network,
+        })
+    }
+
+    /// An integer within `min..=max`, or `default` when absent.
+    fn int(&self, key: &str, value: Option<i64>, default: u64, min: u64, max: u64) -> Result<u64, SpecError> {
+        let Some(got) = value else { return Ok(default) };
+        match u64::try_from(got) {
+            Ok(v) if v > max => Err(self.invalid(key, Problem::Above { max, got })),
+            Ok(v) if v >= min => Ok(v),
+            _ => Err(self.invalid(key, Problem::Below { min, got })),
+        }
+    }
+
+    /// A finite number above 0 (TOML also has `nan` and `inf`).
+    fn positive(&self, key: &str, got: f64) -> Result<f64, SpecError> {
+        if got.is_finite() && got > 0.0 {
+            Ok(got)
+        } else {
+            Err(self.invalid(key, Problem::NotPositive { got }))
+        }
+    }
+
+    /// `path` resolved against the job directory, as written (not
+    /// canonicalized); it must be an existing regular file, symlinks followed.
+    fn existing_file(&self, key: &str, path: &str) -> Result<PathBuf, SpecError> {
+        let full = self.path(key, path)?;
+        match std::fs::metadata(&full) {
+            Ok(meta) if meta.is_file() => Ok(full),
+            Ok(_) => Err(self.invalid(key, Problem::NotAFile(full))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.invalid(key, Problem::NoSuchFile(full))),
+            Err(e) => Err(self.invalid(key, Problem::Inaccessible { path: full, kind: e.kind() })),
+        }
+    }
+
+    fn path(&self, key: &str, path: &str) -> Result<PathBuf, SpecError> {
+        if path.is_empty() {
+            return Err(self.invalid(key, Problem::Empty));
+        }
+        if path.contains('\0') {
+            return Err(self.invalid(key, Problem::ContainsNul));
+        }
+        Ok(self.dir.join(path))
+    }
+
+    fn inputs(&self, inputs: Vec<String>) -> Result<Vec<PathBuf>, SpecError> {
+        let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
+        let mut resolved = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let key = format!("files.inputs[{i}]");
+            let path = self.existing_file(&key, input)?;
+            let Some(name) = Path::new(input).file_name().and_then(|n| n.to_str()) else {
+                return Err(self.invalid(&key, Problem::NoFileName(input.clone())));
+            };
+            if name.len() > MAX_INPUT_NAME {
+                return Err(self.invalid(&key, Problem::InputNameTooLong { name: name.to_owned() }));
+            }
+            if let Some(first) = by_name.insert(name.to_owned(), i) {
+                let problem =
+                    Problem::DuplicateInput { name: name.to_owned(), other: format!("files.inputs[{first}]") };
+                return Err(self.invalid(&key, problem));
+            }
+            resolved.push(path);
+        }
+        Ok(resolved)
+    }
+
+    fn outputs(&self, outputs: &str) -> Result<PathBuf, SpecError> {
+        let path = self.path("files.outputs", outputs)?;
+        match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_dir() => Err(self.invalid("files.outputs", Problem::NotADirectory(path))),
+            _ => Ok(path),
+        }
+    }
+
+    /// The network fields are checked even when it is disabled, so that a
+    /// mistake does not wait until someone turns it on.
+    fn network(&self, raw: RawNetwork) -> Result<Option<NetworkSpec>, SpecError> {
+        if let Some(tap) = &raw.tap {
+            let bad = |c: char| c == '/' || c == ':' || c.is_whitespace() || c == '\0';
+            if tap.is_empty() || tap.len() > MAX_TAP_NAME || tap == "." || tap == ".." || tap.contains(bad) {
+                return Err(self.invalid("network.tap", Problem::BadTap(tap.clone())));
+            }
+        }
+        let address = match raw.address {
+            None => None,
+            Some(a) => Some(parse_cidr(&a).ok_or_else(|| self.invalid("network.address", Problem::BadCidr(a)))?),
+        };
+        let gateway = match raw.gateway {
+            None => None,
+            Some(g) => Some(g.parse().map_err(|_| self.invalid("network.gateway", Problem::BadIp(g)))?),
+        };
+        if !raw.enabled.unwrap_or(false) {
+            return Ok(None);
+        }
+        let tap = raw.tap.ok_or_else(|| self.invalid_near("network.tap", "network.enabled", Problem::TapRequired))?;
+        Ok(Some(NetworkSpec { tap, address, gateway }))
+    }
+}
+
+fn parse_cidr(s: &str) -> Option<IpCidr> {
+    let (addr, prefix) = s.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let prefix_len: u8 = prefix.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (prefix_len <= max).then_some(IpCidr { addr, prefix_len })
+}
+
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && name != "." && name != ".." && name.chars().all(name_char)
+}
+
+/// The job directory's name, made into a valid job name: other characters
+/// become '-', and a name that cannot be saved becomes `job`.
+fn default_name(dir: &Path) -> String {
+    let raw = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name: String = raw.chars().map(|c| if name_char(c) { c } else { '-' }).take(MAX_NAME_LEN).collect();
+    if valid_name(&name) {
+        name
+    } else {
+        "job".to_owned()
+    }
+}

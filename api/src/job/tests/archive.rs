@@ -1,0 +1,185 @@
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::job::{create_output_image, extract_outputs, load_module, write_input_image, ArchiveError};
+
+struct Entry {
+    path: String,
+    mode: u32,
+    mtime: u64,
+    uid: u64,
+    gid: u64,
+    ustar: bool,
+    data: Vec<u8>,
+}
+
+/// Every entry of a tar file, read with the `tar` crate.
+fn read_tar(image: &Path) -> Vec<Entry> {
+    let mut archive = tar::Archive::new(fs::File::open(image).unwrap());
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let h = e.header().clone();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            assert_eq!(h.entry_type(), tar::EntryType::Regular);
+            assert_eq!(h.size().unwrap(), data.len() as u64);
+            Entry {
+                path: e.path().unwrap().to_str().unwrap().to_owned(),
+                mode: h.mode().unwrap(),
+                mtime: h.mtime().unwrap(),
+                uid: h.uid().unwrap(),
+                gid: h.gid().unwrap(),
+                ustar: h.as_ustar().is_some(),
+                data,
+            }
+        })
+        .collect()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn input_image_round_trips_through_tar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let words = tmp.path().join("words.txt");
+    fs::write(&words, "one two three\n").unwrap();
+    fs::create_dir(tmp.path().join("sub")).unwrap();
+    let big = tmp.path().join("sub/big.bin");
+    let big_data: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i % 251) as u8).collect();
+    fs::write(&big, &big_data).unwrap();
+    let empty = tmp.path().join("empty");
+    fs::write(&empty, "").unwrap();
+
+    let image = tmp.path().join("in.img");
+    let module = b"\0asm\x01\0\0\0";
+    let argv = strings(&["wc.wasm", "/in/words.txt", "", "-x"]);
+    let env = vec![("LANG".to_string(), "C".to_string()), ("EMPTY".to_string(), String::new())];
+    let size = write_input_image(&image, module, &argv, &env, &[words, big, empty]).unwrap();
+
+    assert_eq!(size, fs::metadata(&image).unwrap().len());
+    assert_eq!(size % 4096, 0);
+    let entries = read_tar(&image);
+    let names: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(names, ["job/module.wasm", "job/args", "job/env", "in/words.txt", "in/big.bin", "in/empty"]);
+    for e in &entries {
+        assert!(e.ustar, "{} is not a ustar header", e.path);
+        assert_eq!((e.mode, e.mtime, e.uid, e.gid), (0o444, 0, 0, 0), "{}", e.path);
+    }
+    assert_eq!(entries[0].data, module);
+    assert_eq!(entries[1].data, b"wc.wasm\0/in/words.txt\0\0-x\0");
+    assert_eq!(entries[2].data, b"LANG=C\0EMPTY=\0");
+    assert_eq!(entries[3].data, b"one two three\n");
+    assert_eq!(entries[4].data, big_data);
+    assert!(entries[5].data.is_empty());
+}
+
+#[test]
+fn small_input_image_is_one_page_and_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.img");
+    let b = tmp.path().join("b.img");
+    assert_eq!(write_input_image(&a, b"\0asm\x01\0\0\0", &strings(&["m.wasm"]), &[], &[]).unwrap(), 4096);
+    write_input_image(&b, b"\0asm\x01\0\0\0", &strings(&["m.wasm"]), &[], &[]).unwrap();
+    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+    let entries = read_tar(&a);
+    assert_eq!(entries[2].path, "job/env");
+    assert!(entries[2].data.is_empty());
+}
+
+#[test]
+fn input_image_is_readable_by_the_strict_output_reader() {
+    // The subset of ustar the host writes is the subset it accepts back.
+    let tmp = tempfile::tempdir().unwrap();
+    let long_name = "x".repeat(100);
+    let input = tmp.path().join(&long_name);
+    fs::write(&input, "data").unwrap();
+    let image = tmp.path().join("in.img");
+    write_input_image(&image, b"\0asm\x01\0\0\0", &strings(&["m"]), &[], &[input]).unwrap();
+    let dest = tmp.path().join("dest");
+    let summary = extract_outputs(&image, &dest, u64::MAX).unwrap();
+    let paths: Vec<PathBuf> = summary.files.iter().map(|f| f.path.clone()).collect();
+    let long_path = PathBuf::from("in").join(&long_name);
+    assert_eq!(paths, [long_path.clone(), "job/args".into(), "job/env".into(), "job/module.wasm".into()]);
+    assert_eq!(fs::read(dest.join(long_path)).unwrap(), b"data");
+}
+
+#[test]
+fn input_names_that_do_not_fit_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("y".repeat(101));
+    fs::write(&input, "").unwrap();
+    let e = write_input_image(&tmp.path().join("in.img"), b"", &[], &[], &[input]).unwrap_err();
+    assert!(matches!(&e, ArchiveError::InputNameTooLong { name, .. } if name.len() == 101), "{e}");
+}
+
+#[test]
+fn duplicate_and_non_file_inputs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("a")).unwrap();
+    fs::create_dir_all(tmp.path().join("b")).unwrap();
+    let (a, b) = (tmp.path().join("a/f.txt"), tmp.path().join("b/f.txt"));
+    fs::write(&a, "1").unwrap();
+    fs::write(&b, "2").unwrap();
+    let image = tmp.path().join("in.img");
+    let e = write_input_image(&image, b"", &[], &[], &[a, b.clone()]).unwrap_err();
+    assert!(matches!(&e, ArchiveError::DuplicateInput { path, name } if path == &b && name == "f.txt"), "{e}");
+    let e = write_input_image(&image, b"", &[], &[], &[tmp.path().join("a")]).unwrap_err();
+    assert!(matches!(e, ArchiveError::InputNotFile { .. }), "{e}");
+    let e = write_input_image(&image, b"", &[], &[], &[tmp.path().join("missing")]).unwrap_err();
+    assert!(matches!(e, ArchiveError::Read { .. }), "{e}");
+}
+
+#[test]
+fn nul_bytes_in_argv_or_env_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("in.img");
+    let e = write_input_image(&image, b"", &strings(&["m", "a\0b"]), &[], &[]).unwrap_err();
+    assert!(matches!(e, ArchiveError::ContainsNul { what: "argument", .. }), "{e}");
+    let env = [("K".to_string(), "v\0".to_string())];
+    let e = write_input_image(&image, b"", &[], &env, &[]).unwrap_err();
+    assert!(matches!(e, ArchiveError::ContainsNul { what: "environment variable", .. }), "{e}");
+}
+
+#[test]
+fn wat_is_assembled_and_wasm_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wat = tmp.path().join("m.wat");
+    fs::write(&wat, r#"(module (func (export "_start")))"#).unwrap();
+    let bytes = load_module(&wat).unwrap();
+    assert!(bytes.starts_with(b"\0asm\x01\0\0\0"));
+
+    let wasm = tmp.path().join("m.wasm");
+    fs::write(&wasm, &bytes).unwrap();
+    assert_eq!(load_module(&wasm).unwrap(), bytes);
+
+    fs::write(&wasm, "(module)").unwrap();
+    assert!(matches!(load_module(&wasm), Err(ArchiveError::NotWasm { .. })), "text in a .wasm file");
+    fs::write(&wat, "(module (func (oops)))").unwrap();
+    let e = load_module(&wat).unwrap_err();
+    assert!(matches!(e, ArchiveError::Wat { .. }), "{e}");
+    fs::write(&wat, "(component)").unwrap();
+    assert!(matches!(load_module(&wat), Err(ArchiveError::NotWasm { .. })), "a component is not a module");
+    assert!(matches!(load_module(&tmp.path().join("gone.wasm")), Err(ArchiveError::Read { .. })));
+}
+
+#[test]
+fn output_image_is_zero_filled_and_page_rounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("out.img");
+    for (asked, got) in [(0, 4096), (1, 4096), (4096, 4096), (4097, 8192), (64 << 20, 64 << 20)] {
+        fs::write(&image, "old contents").unwrap();
+        create_output_image(&image, asked).unwrap();
+        assert_eq!(fs::metadata(&image).unwrap().len(), got, "for {asked}");
+    }
+    let small = tmp.path().join("small.img");
+    create_output_image(&small, 10).unwrap();
+    assert!(fs::read(&small).unwrap().iter().all(|&b| b == 0));
+    let e = create_output_image(&image, u64::MAX).unwrap_err();
+    assert!(matches!(e, ArchiveError::ImageTooLarge { .. }), "{e}");
+}

@@ -1,0 +1,5 @@
+//! Unit tests for the job file and both images; no VM involved.
+
+mod archive;
+mod extract;
+mod spec;

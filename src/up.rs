@@ -1,0 +1,160 @@
+//! `mvm up job.toml`: run a WebAssembly job in its own VM.
+//!
+//! The job file is checked before anything else; the module, arguments,
+//! environment and input files are staged into a job disk image and an empty
+//! output disk image in a private temporary directory (removed when mvm
+//! ends); the builtin guest runs the module with its stdout and stderr on two
+//! virtio consoles streamed live to mvm's own; what the job wrote under /out
+//! is unpacked, as hostile input, into the job's output directory. One line
+//! on stderr says why the job ended (`--json`: a JSON object instead).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use mvm_api::job::{self, HostLimits, JobSpec, Kernel};
+use mvm_vmm::power::ExitReason;
+use mvm_vmm::virtio::{ConsoleSink, DiskConfig, NetConfig};
+use mvm_vmm::{KernelSource, VmConfig, VmEnd};
+
+use crate::status;
+
+/// Room on the output disk beyond the data cap, for ustar headers and padding.
+const OUTPUT_HEADROOM: u64 = 4 << 20;
+/// How much of the guest's diagnostic console (COM1) is kept for a report.
+const DIAGNOSTICS_MAX: usize = 64 * 1024;
+
+/// Why a job ended: the line mvm prints and the status it exits with.
+struct Ending {
+    reason: &'static str,
+    line: String,
+    status: u8,
+    /// Whether the guest got to write its outputs.
+    outputs: bool,
+}
+
+fn ending(end: &VmEnd, memory_mib: u64) -> Ending {
+    let crashed = |detail: String| Ending { reason: "guest crashed", line: format!("guest crashed: {detail}"), status: status::GUEST_CRASHED, outputs: false };
+    match end {
+        VmEnd::PowerOff(exit) if exit.reason == ExitReason::Exit => {
+            Ending { reason: "exit", line: format!("exit {}", exit.status), status: exit.status, outputs: true }
+        }
+        VmEnd::PowerOff(exit) => crashed(format!("the guest kernel stopped ({:?}, status {})", exit.reason, exit.status)),
+        VmEnd::Trap { message } => {
+            Ending { reason: "trap", line: format!("trap: {message}"), status: status::TRAP, outputs: true }
+        }
+        VmEnd::OutOfMemory { .. } => Ending {
+            reason: "out of memory",
+            line: format!("out of memory (guest RAM {memory_mib} MiB)"),
+            status: status::OUT_OF_MEMORY,
+            outputs: false,
+        },
+        VmEnd::TimedOut(limit) => Ending {
+            reason: "timeout",
+            line: format!("timeout after {} s", limit.as_secs_f64()),
+            status: status::TIMEOUT,
+            outputs: false,
+        },
+        VmEnd::Crashed(crash) => crashed(crash.to_string().trim_start_matches("guest crashed").trim_start_matches([':', ' ']).to_string()),
+        VmEnd::Reset => crashed("the guest kernel reset".to_string()),
+    }
+}
+
+/// The guest's COM1 output, kept (the first 64 KiB) for when a job fails.
+#[derive(Clone, Default)]
+struct Diagnostics(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Diagnostics {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let room = DIAGNOSTICS_MAX.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..buf.len().min(room)]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> {
+    let spec = JobSpec::load(job_file, &HostLimits::detect())?;
+    let module = job::load_module(&spec.wasm)?;
+    let work = tempfile::Builder::new().prefix("mvm-job-").tempdir().context("cannot make a temporary directory")?;
+    let job_image = work.path().join("job.img");
+    let out_image = work.path().join("out.img");
+    job::write_input_image(&job_image, &module, &spec.argv(), &spec.env, &spec.inputs)?;
+    job::create_output_image(&out_image, spec.outputs_max_bytes + OUTPUT_HEADROOM)?;
+
+    let mut cmdline = String::from("mvm.job=1");
+    let nets = match &spec.network {
+        Some(network) => {
+            if let Some(address) = &network.address {
+                cmdline.push_str(&format!(" mvm.ip={}/{}", address.addr, address.prefix_len));
+            }
+            if let Some(gateway) = &network.gateway {
+                cmdline.push_str(&format!(" mvm.gw={gateway}"));
+            }
+            vec![NetConfig { tap: network.tap.clone(), mac: None }]
+        }
+        None => Vec::new(),
+    };
+    let kernel = match &spec.kernel {
+        Kernel::Builtin => KernelSource::Builtin(crate::BUILTIN_GUEST),
+        Kernel::Path(path) => KernelSource::Path(path.clone()),
+    };
+    let config = VmConfig {
+        kernel,
+        memory_mib: spec.memory_mib,
+        vcpus: spec.vcpus,
+        cmdline: Some(cmdline),
+        timeout: Some(spec.timeout),
+        kvm_path,
+        disks: vec![
+            DiskConfig { path: job_image, read_only: true, serial: Some("mvm-job".into()) },
+            DiskConfig { path: out_image.clone(), read_only: false, serial: Some("mvm-out".into()) },
+        ],
+        nets,
+        cpu_quota: spec.cpu_quota,
+        consoles: vec![ConsoleSink::new(std::io::stdout()), ConsoleSink::new(std::io::stderr())],
+    };
+    let diagnostics = Diagnostics::default();
+    let started = Instant::now();
+    let end = mvm_vmm::vm::run(&config, diagnostics.clone()).context("cannot run the job's VM")?;
+    let elapsed = started.elapsed();
+    let ending = ending(&end, spec.memory_mib);
+
+    let outputs = if ending.outputs {
+        Some(job::extract_outputs(&out_image, &spec.outputs, spec.outputs_max_bytes))
+    } else {
+        None
+    };
+    if ending.reason == "guest crashed" {
+        let kept = diagnostics.0.lock().unwrap_or_else(|p| p.into_inner());
+        eprintln!("mvm: the guest's console:\n{}", String::from_utf8_lossy(&kept));
+    }
+    let (files, bytes, output_error) = match &outputs {
+        Some(Ok(summary)) => (summary.files.iter().map(|f| f.path.display().to_string()).collect(), summary.bytes, None),
+        Some(Err(err)) => (Vec::new(), 0, Some(err.to_string())),
+        None => (Vec::new(), 0, None),
+    };
+    if json {
+        let report = serde_json::json!({
+            "job": spec.name,
+            "reason": ending.reason,
+            "status": ending.status,
+            "end": ending.line,
+            "elapsed_s": elapsed.as_secs_f64(),
+            "outputs": { "dir": spec.outputs, "files": files, "bytes": bytes, "error": output_error },
+        });
+        eprintln!("{report}");
+    } else {
+        eprintln!("mvm: job {} ended: {}", spec.name, ending.line);
+        if let Some(err) = &output_error {
+            eprintln!("mvm: outputs not fully collected: {err}");
+        }
+    }
+    Ok(if output_error.is_some() && ending.status == 0 { status::MVM_ERROR } else { ending.status })
+}
