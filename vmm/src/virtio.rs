@@ -170,13 +170,18 @@ impl VirtioInterrupt for GuestNotifier {
     }
 }
 
-/// Creates the devices `disks`, `nets` and `consoles` ask for, in that
-/// order, places them on the MMIO bus, and returns the command-line words
-/// that announce them.
+/// The virtio devices a VM is to have, in the order the guest sees them.
+pub struct Requested<'a> {
+    pub disks: &'a [DiskConfig],
+    pub nets: &'a [NetConfig],
+    pub consoles: &'a [ConsoleSink],
+}
+
+/// Creates the devices asked for, disks then network devices then consoles,
+/// places them on the MMIO bus, and returns the command-line words that
+/// announce them.
 pub fn attach(
-    disks: &[DiskConfig],
-    nets: &[NetConfig],
-    consoles: &[ConsoleSink],
+    Requested { disks, nets, consoles }: Requested<'_>,
     mem: &GuestMemoryMmap,
     vm: &VmFd,
     irqchip: bool,

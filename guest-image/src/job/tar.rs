@@ -44,8 +44,8 @@ impl core::fmt::Debug for TarError {
 }
 
 fn octal(field: &[u8]) -> Option<u64> {
-    let digits = field.iter().skip_while(|b| **b == b' ').take_while(|b| (b'0'..=b'7').contains(b));
-    digits.fold(Some(0u64), |n, d| n?.checked_mul(8)?.checked_add(u64::from(d - b'0')))
+    let mut digits = field.iter().skip_while(|b| **b == b' ').take_while(|b| (b'0'..=b'7').contains(b));
+    digits.try_fold(0u64, |n, d| n.checked_mul(8)?.checked_add(u64::from(d - b'0')))
 }
 
 fn field_str(field: &[u8]) -> &[u8] {

@@ -532,6 +532,16 @@ fn poll_oneoff(mem: &mut [u8], wasi: &mut Wasi, subs: u32, events: u32, count: u
     put(mem, nevents_ptr, &written.to_le_bytes())
 }
 
+/// Closes a file; the standard streams and the preopened directories stay.
+fn fd_close(wasi: &mut Wasi, fd: i32) -> Result<(), Errno> {
+    wasi.fd(fd)?;
+    if fd <= 4 {
+        return Err(errno::NOTCAPABLE);
+    }
+    wasi.fds[fd as usize] = None;
+    Ok(())
+}
+
 fn clock_now(id: i32) -> Result<u64, Errno> {
     match id {
         0 => Ok(wall_ns()),
@@ -591,9 +601,7 @@ pub fn link(linker: &mut Linker<Wasi>) -> Result<(), wasmi::Error> {
     wasi!(linker, "fd_read", |mem, wasi, fd: i32, iovs: u32, count: u32, read: u32| fd_read(mem, wasi, fd, iovs, count, read));
     wasi!(linker, "fd_seek", |mem, wasi, fd: i32, offset: i64, whence: i32, result: u32| fd_seek(mem, wasi, fd, offset, whence, result));
     wasi!(linker, "fd_tell", |mem, wasi, fd: i32, result: u32| fd_seek(mem, wasi, fd, 0, 1, result));
-    wasi!(linker, "fd_close", |_mem, wasi, fd: i32| {
-        wasi.fd(fd).map(|_| ()).and_then(|()| if fd <= 4 { Err(errno::NOTCAPABLE) } else { Ok(()) }).map(|()| wasi.fds[fd as usize] = None)
-    });
+    wasi!(linker, "fd_close", |_mem, wasi, fd: i32| fd_close(wasi, fd));
     wasi!(linker, "fd_fdstat_get", |mem, wasi, fd: i32, ptr: u32| fd_fdstat_get(mem, wasi, fd, ptr));
     wasi!(linker, "fd_filestat_get", |mem, wasi, fd: i32, ptr: u32| filestat_of(wasi, fd).and_then(|s| put(mem, ptr, &s)));
     wasi!(linker, "fd_prestat_get", |mem, wasi, fd: i32, ptr: u32| {

@@ -54,7 +54,7 @@ pub struct Blk {
 impl Blk {
     pub fn new(mmio: Mmio) -> Result<Blk, InitError> {
         let features = mmio.begin(0, F_RO | F_FLUSH)?;
-        let queue = Virtqueue::new(QUEUE_SIZE);
+        let queue = Virtqueue::new(QUEUE_SIZE).poll_only();
         mmio.setup_queue(0, &queue)?;
         mmio.driver_ok();
         let capacity_sectors = mmio.config_u64(0);

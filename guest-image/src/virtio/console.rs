@@ -33,7 +33,7 @@ impl OutputStream {
         mmio.begin(0, 0)?;
         // The device wants both queues ready; nothing is ever received.
         let receive = Virtqueue::new(1);
-        let transmit = Virtqueue::new(4);
+        let transmit = Virtqueue::new(4).poll_only();
         mmio.setup_queue(RECEIVE, &receive)?;
         mmio.setup_queue(TRANSMIT, &transmit)?;
         mmio.driver_ok();

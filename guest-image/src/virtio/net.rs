@@ -34,7 +34,7 @@ impl Net {
     pub fn new(mmio: Mmio) -> Result<Net, InitError> {
         mmio.begin(F_MAC, 0)?;
         let rx = Virtqueue::new(QUEUE_SIZE);
-        let tx = Virtqueue::new(QUEUE_SIZE);
+        let tx = Virtqueue::new(QUEUE_SIZE).poll_only();
         mmio.setup_queue(RX, &rx)?;
         mmio.setup_queue(TX, &tx)?;
         let mut mac = [0u8; 6];

@@ -8,6 +8,8 @@ use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
 
 const DESC_F_NEXT: u16 = 1;
+/// Available-ring flag: the driver polls this queue and wants no notice of used buffers.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 const PAGE: usize = 4096;
 
@@ -65,6 +67,17 @@ impl Virtqueue {
 
     pub fn size(&self) -> u16 {
         self.size
+    }
+
+    /// Tells the device not to signal used buffers on this queue: the driver
+    /// polls it right after its own notify (mvm completes such requests
+    /// during the notify exit), so a wake-up would only make the vCPU's next
+    /// halt return at once. A queue the device fills on its own (network
+    /// receive) keeps its notifications.
+    pub fn poll_only(self) -> Virtqueue {
+        // SAFETY: the flags field starts the available ring, which we own.
+        unsafe { write_volatile(self.avail_addr() as *mut u16, AVAIL_F_NO_INTERRUPT) };
+        self
     }
 
     pub fn desc_addr(&self) -> u64 {

@@ -1,0 +1,246 @@
+//! `mvm up` end to end: every example, every way a job can end, outputs,
+//! separate output streams, host entropy, bad job files, and a sleeping job
+//! that costs no CPU.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::{kvm_or_skip, mvm, text};
+
+const TRAP: i32 = 121;
+const OUT_OF_MEMORY: i32 = 122;
+const TIMEOUT: i32 = 124;
+const MVM_ERROR: i32 = 125;
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+}
+
+fn up(job: &Path, extra: &[&str]) -> Output {
+    mvm().arg("up").args(extra).arg(job).output().expect("cannot run mvm up")
+}
+
+/// A job folder in a temporary directory: job.toml plus the given files.
+fn job_dir(toml: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.toml"), toml).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    dir
+}
+
+fn last_line(out: &Output) -> String {
+    text(&out.stderr).lines().last().unwrap_or_default().to_string()
+}
+
+#[test]
+fn hello_example() {
+    if !kvm_or_skip("hello_example") {
+        return;
+    }
+    let out = up(&example("hello/job.toml"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from a WebAssembly job in its own VM\n");
+    assert_eq!(last_line(&out), "mvm: job hello ended: exit 0");
+}
+
+#[test]
+fn wordcount_example_reads_its_input_and_writes_an_output() {
+    if !kvm_or_skip("wordcount_example_reads_its_input_and_writes_an_output") {
+        return;
+    }
+    let dir = example("wordcount");
+    assert!(
+        dir.join("wc.wasm").exists(),
+        "examples/wordcount/wc.wasm is missing: run scripts/setup (or examples/wordcount/build.sh)"
+    );
+    // A copy of the example, so that its out/ lands in a temporary directory.
+    let work = tempfile::tempdir().unwrap();
+    for file in ["job.toml", "wc.wasm"] {
+        std::fs::copy(dir.join(file), work.path().join(file)).unwrap();
+    }
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    let words = std::fs::read_to_string(dir.join("data/words.txt")).unwrap();
+    std::fs::write(work.path().join("data/words.txt"), &words).unwrap();
+    let out = up(&work.path().join("job.toml"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (lines, words_n, bytes) = (words.lines().count(), words.split_whitespace().count(), words.len());
+    assert_eq!(text(&out.stdout), format!("{lines:7} {words_n:7} {bytes:7} /in/words.txt\n"));
+    let counts = std::fs::read_to_string(work.path().join("out/counts.txt")).unwrap();
+    assert_eq!(counts, format!("lines={lines} words={words_n} bytes={bytes}\n"));
+}
+
+#[test]
+fn outputs_example_brings_back_every_file() {
+    if !kvm_or_skip("outputs_example_brings_back_every_file") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    for file in ["job.toml", "outputs.wat"] {
+        std::fs::copy(example("outputs").join(file), work.path().join(file)).unwrap();
+    }
+    let out = up(&work.path().join("job.toml"), &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "wrote 3 outputs\n");
+    let outdir = work.path().join("out");
+    assert_eq!(std::fs::read_to_string(outdir.join("result.txt")).unwrap(), "42\n");
+    assert_eq!(std::fs::read_to_string(outdir.join("logs/run.log")).unwrap(), "ran to the end\n");
+    let data = std::fs::read(outdir.join("data.bin")).unwrap();
+    assert_eq!(data, (0..65536u32).map(|i| i as u8).collect::<Vec<_>>());
+    let report: serde_json::Value = serde_json::from_str(&last_line(&out)).expect("a JSON report");
+    assert_eq!(report["reason"], "exit");
+    assert_eq!(report["status"], 0);
+    assert_eq!(report["outputs"]["files"].as_array().unwrap().len(), 3);
+    assert_eq!(report["outputs"]["bytes"], 3 + 15 + 65536);
+}
+
+#[test]
+fn memory_hog_ends_out_of_memory() {
+    if !kvm_or_skip("memory_hog_ends_out_of_memory") {
+        return;
+    }
+    let out = up(&example("memhog/job.toml"), &[]);
+    assert_eq!(out.status.code(), Some(OUT_OF_MEMORY), "{}", text(&out.stderr));
+    assert_eq!(last_line(&out), "mvm: job memhog ended: out of memory (guest RAM 24 MiB)");
+}
+
+#[test]
+fn cpu_example_runs_under_its_quota() {
+    if !kvm_or_skip("cpu_example_runs_under_its_quota") {
+        return;
+    }
+    let out = up(&example("cpu/job.toml"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "done\n");
+}
+
+/// CPU time (user + system) a child used, from wait4.
+#[allow(clippy::zombie_processes)]
+fn run_measuring_cpu(job: &Path) -> (i32, Duration, String) {
+    let child = mvm().arg("up").arg(job).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
+        out
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child,
+    // which nothing else reaps.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (libc::WEXITSTATUS(status), tv(usage.ru_utime) + tv(usage.ru_stime), reader.join().unwrap())
+}
+
+#[test]
+fn a_sleeping_job_uses_no_cpu() {
+    if !kvm_or_skip("a_sleeping_job_uses_no_cpu") {
+        return;
+    }
+    let (code, cpu, stdout) = run_measuring_cpu(&example("sleeper/job.toml"));
+    assert_eq!(code, 0);
+    assert_eq!(stdout, "slept 2 s\n");
+    // Below 5% of one core over the 2 s sleep, boot and module load included.
+    assert!(cpu < Duration::from_millis(100), "used {cpu:?} of CPU");
+}
+
+const EXIT_7: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 7))))"#;
+
+const TRAPS: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (unreachable)))"#;
+
+const SPINS: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (loop $forever (br $forever))))"#;
+
+/// Writes "out" to stdout and "err" to stderr, then 16 random bytes (as raw
+/// bytes) to stdout.
+const STREAMS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "out\n")
+  (data (i32.const 110) "err\n")
+  (func $put (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start")
+    (call $put (i32.const 1) (i32.const 100) (i32.const 4))
+    (call $put (i32.const 2) (i32.const 110) (i32.const 4))
+    (drop (call $random (i32.const 200) (i32.const 16)))
+    (call $put (i32.const 1) (i32.const 200) (i32.const 16))))"#;
+
+fn inline_job(module: &str, guest: &str) -> tempfile::TempDir {
+    job_dir(&format!("name = \"t\"\n[guest]\nmemory_mib = 16\n{guest}\n[run]\nwasm = \"m.wat\"\n"), &[("m.wat", module)])
+}
+
+#[test]
+fn every_way_a_job_ends() {
+    if !kvm_or_skip("every_way_a_job_ends") {
+        return;
+    }
+    let dir = inline_job(EXIT_7, "");
+    let out = up(&dir.path().join("job.toml"), &[]);
+    assert_eq!((out.status.code(), last_line(&out)), (Some(7), "mvm: job t ended: exit 7".to_string()));
+
+    let dir = inline_job(TRAPS, "");
+    let out = up(&dir.path().join("job.toml"), &[]);
+    assert_eq!(out.status.code(), Some(TRAP), "{}", text(&out.stderr));
+    assert!(last_line(&out).starts_with("mvm: job t ended: trap: "), "{}", text(&out.stderr));
+    assert!(last_line(&out).contains("unreachable"), "{}", text(&out.stderr));
+
+    let dir = inline_job(SPINS, "timeout_s = 1");
+    let out = up(&dir.path().join("job.toml"), &["--json"]);
+    assert_eq!(out.status.code(), Some(TIMEOUT), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&last_line(&out)).unwrap();
+    assert_eq!(report["reason"], "timeout");
+    assert_eq!(report["end"], "timeout after 1 s");
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate_and_randomness_comes_from_the_host() {
+    if !kvm_or_skip("stdout_and_stderr_stay_separate_and_randomness_comes_from_the_host") {
+        return;
+    }
+    let dir = inline_job(STREAMS, "");
+    let first = up(&dir.path().join("job.toml"), &[]);
+    let second = up(&dir.path().join("job.toml"), &[]);
+    for out in [&first, &second] {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(&out.stdout[..4], b"out\n");
+        assert_eq!(out.stdout.len(), 4 + 16);
+        assert!(text(&out.stderr).starts_with("err\n"), "{}", text(&out.stderr));
+    }
+    assert_ne!(first.stdout[4..], second.stdout[4..], "two jobs drew the same random bytes");
+}
+
+#[test]
+fn bad_job_files_name_the_key_and_line() {
+    let cases: [(&str, &str); 4] = [
+        ("[guest]\nmemory_mib = 0\n[run]\nwasm = \"m.wat\"\n", "job.toml:2: guest.memory_mib: must be at least 2"),
+        ("[guest]\nmemroy_mib = 16\n[run]\nwasm = \"m.wat\"\n", "job.toml:2: unknown key guest.memroy_mib"),
+        ("[run]\nwasm = \"m.wat\"\n[files]\ninputs = [\"missing.txt\"]\n", "job.toml:4: files.inputs[0]: no such file"),
+        ("[guest]\ncpu_quota = 512.0\n[run]\nwasm = \"m.wat\"\n", "job.toml:2: guest.cpu_quota"),
+    ];
+    for (toml, expected) in cases {
+        let dir = job_dir(toml, &[("m.wat", EXIT_7)]);
+        let out = up(&dir.path().join("job.toml"), &[]);
+        assert_eq!(out.status.code(), Some(MVM_ERROR), "{toml}");
+        assert!(text(&out.stderr).contains(expected), "{toml}: expected {expected:?} in {}", text(&out.stderr));
+    }
+    let dir = job_dir("[run]\nwasm = \"m.wat\"\n", &[("m.wat", "(module (func")]);
+    let out = up(&dir.path().join("job.toml"), &[]);
+    assert_eq!(out.status.code(), Some(MVM_ERROR));
+    assert!(text(&out.stderr).contains("m.wat"), "{}", text(&out.stderr));
+}
