@@ -57,7 +57,7 @@ fn ending(end: &VmEnd, memory_mib: u64) -> Ending {
             status: status::TIMEOUT,
             outputs: false,
         },
-        VmEnd::Crashed(crash) => crashed(crash.to_string().trim_start_matches("guest crashed").trim_start_matches([':', ' ']).to_string()),
+        VmEnd::Crashed(crash) => crashed(crash.detail()),
         VmEnd::Reset => crashed("the guest kernel reset".to_string()),
     }
 }
@@ -157,4 +157,38 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
         }
     }
     Ok(if output_error.is_some() && ending.status == 0 { status::MVM_ERROR } else { ending.status })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mvm_vmm::power::GuestExit;
+    use mvm_vmm::{Crash, CrashKind};
+
+    use super::*;
+
+    #[test]
+    fn every_vm_end_maps_to_a_job_ending() {
+        let exit = |reason, status| VmEnd::PowerOff(GuestExit { reason, status });
+        let cases = [
+            (exit(ExitReason::Exit, 3), "exit", "exit 3", 3, true),
+            (VmEnd::Trap { message: "unreachable".into() }, "trap", "trap: unreachable", status::TRAP, true),
+            (VmEnd::OutOfMemory { ram_mib: 16 }, "out of memory", "out of memory (guest RAM 16 MiB)", status::OUT_OF_MEMORY, false),
+            (VmEnd::TimedOut(Duration::from_millis(1500)), "timeout", "timeout after 1.5 s", status::TIMEOUT, false),
+            (exit(ExitReason::Panic, 101), "guest crashed", "guest crashed: the guest kernel stopped (Panic, status 101)", status::GUEST_CRASHED, false),
+            (VmEnd::Reset, "guest crashed", "guest crashed: the guest kernel reset", status::GUEST_CRASHED, false),
+            (
+                VmEnd::Crashed(Crash { kind: CrashKind::TripleFault, vcpu: 0, state: None }),
+                "guest crashed",
+                "guest crashed: triple fault",
+                status::GUEST_CRASHED,
+                false,
+            ),
+        ];
+        for (end, reason, line, code, outputs) in cases {
+            let ending = ending(&end, 16);
+            assert_eq!((ending.reason, ending.line.as_str(), ending.status, ending.outputs), (reason, line, code, outputs));
+        }
+    }
 }

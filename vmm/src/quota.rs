@@ -19,9 +19,10 @@
 //!   quota of 0.1 on a PVM host, where a wake-up costs ~30 µs), so the
 //!   process as a whole keeps to the quota.
 //! - Overruns: the kick takes microseconds and the controller wakes a little
-//!   late, so a period can overrun its budget; the overrun is owed to the
-//!   next periods, which keeps the long-run share at the quota. Unused
-//!   budget is lost, so a guest that slept gets no burst afterwards.
+//!   late, so a period can overrun its budget, or the gate closes a little
+//!   early; the difference is settled in the next period, which keeps the
+//!   long-run share at the quota. Budget left unused by a guest that did not
+//!   want it is lost, so a guest that slept gets no burst afterwards.
 //! - One controller thread per VM ([`Controller`]), only when a quota is set
 //!   and could bind (a quota of at least the number of vCPU threads cannot:
 //!   each thread uses at most one core). It owns the VM's vCPU threads while
@@ -68,8 +69,10 @@ use crate::vcpu::{self, VcpuThread};
 pub const PERIOD: Duration = Duration::from_millis(20);
 
 /// The controller never sleeps less than this while watching a budget run
-/// out: the overrun it allows is owed to the next period.
-const MIN_STEP: Duration = Duration::from_micros(50);
+/// out, and closes the gate once less than this is left rather than look
+/// again: each look costs a wake-up (~30 µs on a PVM host). Either way the
+/// difference is settled in the next period (see [`Budget::end_period`]).
+const SLACK: Duration = Duration::from_micros(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuotaError {
@@ -124,10 +127,12 @@ impl Budget {
         self.per_period - self.debt
     }
 
-    /// Ends a period in which the VM used `used`: an overrun is owed to the
-    /// next periods; time left unused is lost.
-    fn end_period(&mut self, used: i64) {
-        self.debt = (used - self.allowance()).max(0);
+    /// Ends a period in which the VM used `used`. An overrun is owed to the
+    /// next periods. Time left unused is lost, unless the VM was `throttled`:
+    /// it wanted the time, and the gate closed a little early.
+    fn end_period(&mut self, used: i64, throttled: bool) {
+        let owed = used - self.allowance();
+        self.debt = if throttled { owed } else { owed.max(0) };
     }
 }
 
@@ -382,24 +387,28 @@ fn control(throttle: &Throttle, mut vcpus: Vec<Watched>) {
     loop {
         let period_end = period_start + PERIOD;
         let allowance = budget.allowance();
+        // vCPUs released from the gate are on their way into the guest: not idle.
+        let mut releasing = allowance > 0 && throttle.closed.load(Ordering::SeqCst);
         if allowance > 0 {
             throttle.open();
         }
         // Watch the budget run out: sleep until the earliest moment it could
         // (every vCPU running flat out), look again, and close the gate once
-        // it has.
+        // (almost) nothing is left.
+        let mut throttled = false;
         loop {
             let left = allowance - (total_cpu_ns(&mut vcpus) - cpu_at_start);
-            if left <= 0 {
+            if left < SLACK.as_nanos() as i64 {
                 throttle.close();
                 kick_out(throttle, &vcpus);
+                throttled = true;
                 break;
             }
             let now = Instant::now();
             if now >= period_end {
                 break;
             }
-            if !throttle.anyone_in_guest() {
+            if !mem::take(&mut releasing) && !throttle.anyone_in_guest() {
                 // Idle (halted vCPUs, the gate open): nothing to watch until
                 // a vCPU enters the guest, however long that takes, so an
                 // idle VM costs no wake-ups. What a vCPU does meanwhile
@@ -409,7 +418,7 @@ fn control(throttle: &Throttle, mut vcpus: Vec<Watched>) {
                 }
                 continue;
             }
-            let step = Duration::from_nanos((left / vcpus.len() as i64) as u64).max(MIN_STEP);
+            let step = Duration::from_nanos((left / vcpus.len() as i64) as u64).max(SLACK);
             if throttle.sleep(Some((now + step).min(period_end)), false) {
                 return;
             }
@@ -418,7 +427,7 @@ fn control(throttle: &Throttle, mut vcpus: Vec<Watched>) {
             return;
         }
         let cpu_now = total_cpu_ns(&mut vcpus);
-        budget.end_period(cpu_now - cpu_at_start);
+        budget.end_period(cpu_now - cpu_at_start, throttled);
         cpu_at_start = cpu_now;
         // After an idle sleep, or when the controller fell behind (a starved
         // host), a new period starts now rather than catching up with a
@@ -467,16 +476,19 @@ mod tests {
     fn overruns_are_owed_and_unused_time_is_lost() {
         let mut budget = Budget::new(Quota(0.25), PERIOD);
         assert_eq!(budget.allowance(), 5_000_000);
-        budget.end_period(5_300_000);
+        budget.end_period(5_300_000, true);
         assert_eq!(budget.allowance(), 4_700_000);
+        // Throttled a little early: owed to the VM.
+        budget.end_period(4_600_000, true);
+        assert_eq!(budget.allowance(), 5_100_000);
         // Idle: nothing saved up.
-        budget.end_period(0);
+        budget.end_period(0, false);
         assert_eq!(budget.allowance(), 5_000_000);
         // An overrun of more than a period's budget parks the VM for whole
         // periods until it is paid off.
-        budget.end_period(12_000_000);
+        budget.end_period(12_000_000, true);
         assert_eq!(budget.allowance(), -2_000_000);
-        budget.end_period(0);
+        budget.end_period(0, true);
         assert_eq!(budget.allowance(), 3_000_000);
     }
 

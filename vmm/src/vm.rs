@@ -210,7 +210,7 @@ fn exception_name(vector: u8) -> &'static str {
 impl fmt::Display for Crash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
-            CrashKind::GuestFault { rip, .. } => write!(f, "guest crashed: {} at rip={rip:#x}", self.kind),
+            CrashKind::GuestFault { .. } => write!(f, "guest crashed: {}", self.detail()),
             _ => {
                 write!(f, "guest crashed ({})", self.kind)?;
                 if let Some(state) = &self.state {
@@ -223,6 +223,19 @@ impl fmt::Display for Crash {
 }
 
 impl Crash {
+    /// What happened and where: the faulting RIP for a reported exception,
+    /// the vCPU's RIP otherwise (when it could be read).
+    pub fn detail(&self) -> String {
+        let rip = match self.kind {
+            CrashKind::GuestFault { rip, .. } => Some(rip),
+            _ => self.state.as_ref().map(|state| state.0.rip),
+        };
+        match rip {
+            Some(rip) => format!("{} at rip={rip:#x}", self.kind),
+            None => self.kind.to_string(),
+        }
+    }
+
     /// A register dump for the log, where the VMM could read the vCPU.
     pub fn registers(&self) -> Option<String> {
         let (regs, sregs) = &**self.state.as_ref()?;
