@@ -54,8 +54,16 @@ impl Stack {
 
     /// Polls the stack, then halts until smoltcp's next timer, a received
     /// frame (the VMM wakes the vCPU) or `IDLE_POLL`.
+    /// One pass of the stack; the device's queued frames and refilled
+    /// receive buffers are announced once, after it, not once per frame.
+    fn poll(&mut self) -> PollResult {
+        let result = self.iface.poll(now(), &mut self.device, &mut self.sockets);
+        self.device.kick();
+        result
+    }
+
     fn step(&mut self) {
-        self.iface.poll(now(), &mut self.device, &mut self.sockets);
+        self.poll();
         let delay = self.iface.poll_delay(now(), &self.sockets).unwrap_or(IDLE_POLL).min(IDLE_POLL);
         if delay > Duration::ZERO {
             halt_until(monotonic_ns() + delay.total_micros() * 1000);
@@ -85,7 +93,7 @@ impl Stack {
             if monotonic_ns() > deadline {
                 return Err("timed out");
             }
-            self.iface.poll(now(), &mut self.device, &mut self.sockets);
+            self.poll();
             let socket = self.sockets.get_mut::<tcp::Socket>(handle);
             if !socket.is_open() {
                 return Err("connection closed");
@@ -127,7 +135,7 @@ impl Stack {
                 break Err("timed out");
             }
             // smoltcp sends at most one segment per socket and poll.
-            let progress = self.iface.poll(now(), &mut self.device, &mut self.sockets);
+            let progress = self.poll();
             let socket = self.sockets.get_mut::<tcp::Socket>(handle);
             match socket.state() {
                 tcp::State::Closed => break Err("connection refused or reset"),

@@ -27,6 +27,9 @@ pub struct Net {
     /// RX buffers by the head descriptor they were posted under.
     rx_buffers: Vec<(u16, Box<[u8; BUFFER_LEN]>)>,
     tx_in_flight: Vec<(u16, Box<[u8; BUFFER_LEN]>)>,
+    /// Frames queued and RX buffers returned since the device was last told.
+    tx_queued: bool,
+    rx_returned: bool,
     pub mac: [u8; 6],
 }
 
@@ -41,7 +44,8 @@ impl Net {
         for (i, byte) in mac.iter_mut().enumerate() {
             *byte = mmio.config_u8(i as u64);
         }
-        let mut net = Net { mmio, rx, tx, rx_buffers: Vec::new(), tx_in_flight: Vec::new(), mac };
+        let mut net =
+            Net { mmio, rx, tx, rx_buffers: Vec::new(), tx_in_flight: Vec::new(), tx_queued: false, rx_returned: false, mac };
         for _ in 0..QUEUE_SIZE {
             net.post_rx(Box::new([0; BUFFER_LEN]));
         }
@@ -63,22 +67,45 @@ impl Net {
         let len = (len as usize).min(BUFFER_LEN);
         let frame = buffer.get(HEADER_LEN..len).map(<[u8]>::to_vec);
         self.post_rx(buffer);
-        self.mmio.notify(RX);
+        self.rx_returned = true;
         frame
     }
 
-    fn transmit_frame<R>(&mut self, frame_len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
+    /// Tells the device about frames queued and buffers returned since the
+    /// last call: one exit per batch instead of one per frame.
+    pub fn kick(&mut self) {
+        if core::mem::take(&mut self.tx_queued) {
+            self.mmio.notify(TX);
+        }
+        if core::mem::take(&mut self.rx_returned) {
+            self.mmio.notify(RX);
+        }
+    }
+
+    fn reclaim_tx(&mut self) {
         while let Some((head, _)) = self.tx.pop_used() {
             self.tx_in_flight.retain(|(h, _)| *h != head);
         }
+    }
+
+    fn transmit_frame<R>(&mut self, frame_len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.reclaim_tx();
         let mut buffer = Box::new([0u8; BUFFER_LEN]);
         let len = (HEADER_LEN + frame_len).min(BUFFER_LEN);
         let result = fill(&mut buffer[HEADER_LEN..len]);
         let chain = [Buffer { addr: buffer.as_ptr() as u64, len: len as u32, device_writes: false }];
-        // With every TX descriptor in flight the frame is dropped, as a full NIC would.
-        if let Some(head) = self.tx.add(&chain) {
+        let mut head = self.tx.add(&chain);
+        if head.is_none() {
+            // Every descriptor is queued: hand the batch over (mvm's device
+            // sends it during the notify) and take them back.
+            self.kick();
+            self.reclaim_tx();
+            head = self.tx.add(&chain);
+        }
+        // Still full: drop the frame, as a full NIC would.
+        if let Some(head) = head {
             self.tx_in_flight.push((head, buffer));
-            self.mmio.notify(TX);
+            self.tx_queued = true;
         }
         result
     }
