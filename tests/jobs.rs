@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use common::{kvm_or_skip, mvm, text};
@@ -118,32 +118,12 @@ fn cpu_example_runs_under_its_quota() {
     assert_eq!(text(&out.stdout), "done\n");
 }
 
-/// CPU time (user + system) a child used, from wait4.
-#[allow(clippy::zombie_processes)]
-fn run_measuring_cpu(job: &Path) -> (i32, Duration, String) {
-    let child = mvm().arg("up").arg(job).stdout(Stdio::piped()).spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
-        out
-    });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child,
-    // which nothing else reaps.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    (libc::WEXITSTATUS(status), tv(usage.ru_utime) + tv(usage.ru_stime), reader.join().unwrap())
-}
-
 #[test]
 fn a_sleeping_job_uses_no_cpu() {
     if !kvm_or_skip("a_sleeping_job_uses_no_cpu") {
         return;
     }
-    let (code, cpu, stdout) = run_measuring_cpu(&example("sleeper/job.toml"));
+    let (code, cpu, stdout) = common::run_measuring_cpu(mvm().arg("up").arg(example("sleeper/job.toml")));
     assert_eq!(code, 0);
     assert_eq!(stdout, "slept 2 s\n");
     // Below 5% of one core over the 2 s sleep, boot and module load included.

@@ -101,35 +101,13 @@ fn guest_clocks_agree_with_the_host() {
     }
 }
 
-/// CPU time (user + system) of a finished child, from wait4 (which reaps it:
-/// `Child::wait` is not called).
-#[allow(clippy::zombie_processes)]
-fn run_and_measure_cpu(args: &[&str]) -> (i32, Duration, String) {
-    let child = mvm().args(args).stdout(Stdio::piped()).spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let output_reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
-        out
-    });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not yet reaped (Child::wait was not called).
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid);
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    let stdout = output_reader.join().unwrap();
-    (libc::WEXITSTATUS(status), tv(usage.ru_utime) + tv(usage.ru_stime), stdout)
-}
-
 #[test]
 fn a_sleeping_guest_uses_no_host_cpu() {
     if !kvm_or_skip("a_sleeping_guest_uses_no_host_cpu") {
         return;
     }
     let started = Instant::now();
-    let (code, cpu, stdout) = run_and_measure_cpu(&["boot", "--cmdline", "mvm.test=sleep:2000"]);
+    let (code, cpu, stdout) = common::run_measuring_cpu(mvm().args(["boot", "--cmdline", "mvm.test=sleep:2000"]));
     assert_eq!(code, 0, "{stdout}");
     assert!(started.elapsed() >= Duration::from_secs(2));
     // Below 5% of one core over the 2 s sleep, boot and teardown included.

@@ -4,7 +4,8 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 pub fn mvm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mvm"))
@@ -75,4 +76,25 @@ pub fn boot(args: &[&str]) -> (i32, String, String) {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `cmd` to its end and returns its exit status, the CPU time (user +
+/// system) it used, from wait4, and its stdout.
+#[allow(clippy::zombie_processes)] // wait4 reaps it, not Child::wait
+pub fn run_measuring_cpu(cmd: &mut Command) -> (i32, Duration, String) {
+    let child = cmd.stdout(Stdio::piped()).spawn().expect("cannot run mvm");
+    let pid = child.id() as libc::pid_t;
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
+        out
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, which nothing else reaps.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (libc::WEXITSTATUS(status), tv(usage.ru_utime) + tv(usage.ru_stime), reader.join().unwrap())
 }

@@ -177,6 +177,39 @@ pub(crate) fn pop(queue: &mut Queue, mem: &GuestMemoryMmap, chain: &mut Chain) -
     }
 }
 
+/// What follows a [`drain`]: the used-buffer notification the driver wants,
+/// or, when the queue broke, stopping it: the breakage is counted in
+/// `broken_queue`, logged (rate-limited: the guest controls how often), and
+/// the driver told both of the buffers used before it and that the device
+/// needs a reset. `queue` names the queue in the log, e.g. "virtio-blk:
+/// request queue". Returns whether the queue broke; the caller must then
+/// touch it no more.
+pub(crate) fn settle(
+    result: Result<bool, QueueBroken>,
+    interrupt: &super::Interrupt,
+    broken_queue: &std::sync::atomic::AtomicU64,
+    log: &super::GuestErrorLog,
+    queue: &str,
+) -> bool {
+    match result {
+        Ok(wants_notice) => {
+            if wants_notice {
+                interrupt.signal_used();
+            }
+            false
+        }
+        Err(broken) => {
+            broken_queue.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if log.allow(queue) {
+                tracing::warn!("{queue} stopped until the driver resets the device: {broken}");
+            }
+            interrupt.signal_used();
+            interrupt.signal_needs_reset();
+            true
+        }
+    }
+}
+
 /// Processes every chain the driver makes available, including those it
 /// adds while this runs, handing each to `handle`, which returns the number
 /// of bytes it wrote into the chain's buffers. Driver notifications are

@@ -210,20 +210,8 @@ impl VirtioBlock {
         let result = chain::drain(&mut active.queue, mem, &mut self.chain, |chain| {
             handle_request(disk, mem, chain, metrics, log)
         });
-        match result {
-            Ok(true) => active.interrupt.signal_used(),
-            Ok(false) => {}
-            Err(broken) => {
-                active.broken = true;
-                self.metrics.broken_queue.fetch_add(1, Ordering::Relaxed);
-                if self.log.allow("virtio-blk") {
-                    tracing::warn!("virtio-blk: request queue stopped until the driver resets the device: {broken}");
-                }
-                // Buffers used before the breakage are in the used ring.
-                active.interrupt.signal_used();
-                active.interrupt.signal_needs_reset();
-            }
-        }
+        active.broken =
+            chain::settle(result, &active.interrupt, &self.metrics.broken_queue, &self.log, "virtio-blk: request queue");
     }
 }
 

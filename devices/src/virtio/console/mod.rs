@@ -167,19 +167,7 @@ impl VirtioConsole {
         });
         // Chains taken before a breakage are output and in the used ring.
         output.finish_batch(metrics);
-        match result {
-            Ok(true) => active.interrupt.signal_used(),
-            Ok(false) => {}
-            Err(broken) => {
-                active.broken = true;
-                metrics.broken_queue.fetch_add(1, Ordering::Relaxed);
-                if log.allow("virtio-console") {
-                    tracing::warn!("virtio-console: transmitq stopped until the driver resets the device: {broken}");
-                }
-                active.interrupt.signal_used();
-                active.interrupt.signal_needs_reset();
-            }
-        }
+        active.broken = chain::settle(result, &active.interrupt, &metrics.broken_queue, log, "virtio-console: transmitq");
     }
 }
 

@@ -198,19 +198,7 @@ impl VirtioNet {
             transmit_one(backend, mem, chain, frame, metrics, log);
             0
         });
-        match result {
-            Ok(true) => active.interrupt.signal_used(),
-            Ok(false) => {}
-            Err(broken) => {
-                active.tx_broken = true;
-                metrics.broken_queue.fetch_add(1, Ordering::Relaxed);
-                if log.allow("virtio-net") {
-                    tracing::warn!("virtio-net: TX queue stopped until the driver resets the device: {broken}");
-                }
-                active.interrupt.signal_used();
-                active.interrupt.signal_needs_reset();
-            }
-        }
+        active.tx_broken = chain::settle(result, &active.interrupt, &metrics.broken_queue, log, "virtio-net: TX queue");
     }
 
     /// Stops and joins the RX thread and forgets the queues.

@@ -92,19 +92,10 @@ impl RxWorker {
                     _ => {}
                 }
             }
-            match self.deliver() {
-                Ok(true) => self.p.interrupt.signal_used(),
-                Ok(false) => {}
-                Err(broken) => {
-                    self.p.metrics.broken_queue.fetch_add(1, Ordering::Relaxed);
-                    if self.p.log.allow("virtio-net") {
-                        tracing::warn!("virtio-net: RX queue stopped until the driver resets the device: {broken}");
-                    }
-                    self.p.interrupt.signal_used();
-                    self.p.interrupt.signal_needs_reset();
-                    // Touch the queue no more; a reset joins this ended thread.
-                    return;
-                }
+            let result = self.deliver();
+            if chain::settle(result, &self.p.interrupt, &self.p.metrics.broken_queue, &self.p.log, "virtio-net: RX queue") {
+                // Touch the queue no more; a reset joins this ended thread.
+                return;
             }
             self.watch_backend(self.pending.is_none() && !self.backend_failed);
         }
