@@ -61,11 +61,13 @@ use crate::vcpu::{self, VcpuThread};
 /// The throttle's period. Short enough that a throttled guest stalls briefly
 /// (at a quota of 0.1 it runs 2 ms and waits 18 ms, where the 100 ms of
 /// CFS bandwidth control's default would make 90 ms stalls, long for a
-/// network peer); long enough that enforcing it is cheap and precise: a few
-/// controller wake-ups and one forced exit per running vCPU each period
-/// (~20 µs on a PVM host) cost about 0.1% of a core, and the kick's latency
-/// plus the controller's timer slack (~100 µs) are small against the
-/// smallest budgets people ask for (2 ms at 0.1), and are owed back anyway.
+/// network peer); long enough that enforcing it is cheap and precise. Per
+/// period a busy VM costs about three controller wake-ups (~30 µs each on a
+/// PVM host, measured: ~0.5% of a core, charged to the VM) and one forced
+/// exit per running vCPU, and the kick's latency (~50 µs, more on a loaded
+/// host) is small against the smallest budgets people ask for (2 ms at
+/// 0.1); the difference is settled in the next period anyway. A 5 ms period
+/// would cost four times as much for the same precision.
 pub const PERIOD: Duration = Duration::from_millis(20);
 
 /// The controller never sleeps less than this while watching a budget run
@@ -89,18 +91,13 @@ pub struct Quota(f64);
 impl Quota {
     /// More than 0 and at most `host_cpus` cores.
     pub fn new(cores: f64, host_cpus: usize) -> Result<Quota, QuotaError> {
-        // NaN fails this test too.
-        if !(cores > 0.0) {
+        if cores.is_nan() || cores <= 0.0 {
             return Err(QuotaError::NotPositive(cores));
         }
         if cores > host_cpus as f64 {
             return Err(QuotaError::MoreThanHost { asked: cores, cpus: host_cpus });
         }
         Ok(Quota(cores))
-    }
-
-    pub fn cores(self) -> f64 {
-        self.0
     }
 }
 
@@ -291,9 +288,9 @@ struct Watched {
 impl Watched {
     fn new(pthread: libc::pthread_t) -> Watched {
         let mut clock: libc::clockid_t = 0;
-        // SAFETY: `pthread` belongs to a VcpuThread the Controller owns, so
-        // it is neither joined nor detached; `clock` is a valid out pointer.
-        // glibc refuses (ESRCH) a thread that has already ended.
+        // SAFETY: `pthread` is that of a VcpuThread borrowed by
+        // Controller::start, so it is neither joined nor detached; `clock` is
+        // a valid out pointer. glibc refuses (ESRCH) a thread that has ended.
         let rc = unsafe { libc::pthread_getcpuclockid(pthread, &mut clock) };
         Watched { pthread, clock: (rc == 0).then_some(clock), cpu_ns: 0 }
     }
@@ -336,6 +333,7 @@ impl Controller {
     /// Takes the vCPU threads from `threads` (in the order of their gates)
     /// and starts controlling them. On error `threads` is left as it was.
     pub fn start(throttle: Arc<Throttle>, threads: &mut Vec<VcpuThread>) -> io::Result<Controller> {
+        assert_eq!(threads.len(), throttle.in_guest.len(), "one gate per vCPU thread");
         vcpu::install_kick_handler()?;
         let watched: Vec<Watched> = threads.iter().map(|t| Watched::new(t.pthread())).collect();
         let handle = std::thread::Builder::new().name("vcpu-quota".into()).spawn({
@@ -413,6 +411,8 @@ fn control(throttle: &Throttle, mut vcpus: Vec<Watched>) {
                 // a vCPU enters the guest, however long that takes, so an
                 // idle VM costs no wake-ups. What a vCPU does meanwhile
                 // outside the guest (exit handling) is charged when it does.
+                // (With the in-kernel irqchip a halted vCPU waits inside
+                // KVM_RUN: it looks busy here, and is simply watched.)
                 if throttle.sleep(None, true) {
                     return;
                 }
@@ -458,8 +458,8 @@ mod tests {
 
     #[test]
     fn quotas_are_checked_against_the_host() {
-        assert_eq!(Quota::new(0.25, 1).unwrap().cores(), 0.25);
-        assert_eq!(Quota::new(2.0, 2).unwrap().cores(), 2.0);
+        assert_eq!(Quota::new(0.25, 1).unwrap(), Quota(0.25));
+        assert_eq!(Quota::new(2.0, 2).unwrap(), Quota(2.0));
         for bad in [0.0, -0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
             assert!(matches!(Quota::new(bad, 4), Err(QuotaError::NotPositive(_))), "{bad}");
         }
@@ -533,7 +533,8 @@ mod tests {
     }
 
     /// Two busy threads under a quota of 0.5 cores share half a core.
-    /// Generous bounds: the test machine may be busy.
+    /// Generous bounds: the test machine may be busy, which only lowers the
+    /// share; the low bound catches a gate that stays closed.
     #[test]
     fn busy_threads_get_their_quota() {
         let throttle = Throttle::new(Quota(0.5), 2).unwrap();
@@ -548,7 +549,7 @@ mod tests {
             thread.join();
         }
         let share = cpu_ns.load(Ordering::Relaxed) as f64 / started.elapsed().as_nanos() as f64;
-        assert!((0.3..0.7).contains(&share), "used {share:.3} cores under a quota of 0.5");
+        assert!((0.15..0.7).contains(&share), "used {share:.3} cores under a quota of 0.5");
     }
 
     /// Threads parked at a closed gate (a tiny quota keeps it closed most of

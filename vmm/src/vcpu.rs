@@ -9,12 +9,14 @@
 //! KVM_RUN in progress return EINTR. A signal that lands between the
 //! thread's check of the flag and its entry into KVM_RUN is lost, and the
 //! next one, microseconds later, catches it; this retry is what closes that
-//! window, without a signal handler touching the vCPU.
+//! window, without a signal handler touching the vCPU. A VM with a CPU quota
+//! kicks its vCPUs out of KVM_RUN the same way ([`kick_until`]) when its
+//! budget is spent, and they park before their next KVM_RUN (quota.rs).
 
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, Once};
-use std::os::unix::thread::JoinHandleExt;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -297,7 +299,13 @@ pub fn spawn(
 }
 
 /// Runs until the guest stops the vCPU (Some) or the VM asks it to (None).
-fn run_loop(vcpu: &mut VcpuFd, buses: &Buses, stop: &AtomicBool, idle: &Idle, quota: Option<&VcpuGate>) -> Option<EndCause> {
+fn run_loop(
+    vcpu: &mut VcpuFd,
+    buses: &Buses,
+    stop: &AtomicBool,
+    idle: &Idle,
+    quota: Option<&VcpuGate>,
+) -> Option<EndCause> {
     let mut stats = ExitStats::default();
     let mut deadline = None;
     loop {
