@@ -10,6 +10,7 @@ use mvm_vmm::power::ExitReason;
 use mvm_vmm::virtio::{DiskConfig, NetConfig};
 use mvm_vmm::{KernelSource, VmConfig, VmEnd};
 
+mod remote;
 mod up;
 
 /// The tiny guest kernel, built from guest-image/ by build.rs.
@@ -59,11 +60,43 @@ enum Command {
         /// Report how the job ended as one JSON object on stderr instead of a line of text.
         #[arg(long)]
         json: bool,
+        /// Run the job on the `mvm serve` daemon listening on this socket instead of here: the
+        /// job file is read and checked here, its paths made absolute (they must be under the
+        /// daemon's --files-root); its output streams and its end are reported as a local run's.
+        #[arg(long, value_name = "SOCKET")]
+        remote: Option<PathBuf>,
     },
     /// Boot a VM with its serial console on stdout; exit with the guest's status.
     Boot(BootArgs),
+    /// Serve the HTTP/1.1 JSON API on a Unix socket (mode 0600): create, watch, pause, resume,
+    /// kill and delete jobs and VMs, each in its own `mvm` child process. The endpoints are in
+    /// api/openapi.json, also served at GET /v1/openapi.json. Runs until SIGTERM or SIGINT.
+    Serve(ServeArgs),
     /// Report what this host's KVM offers mvm (hardware or PVM, vCPU limit).
     Check,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The Unix socket to listen on. One a running daemon answers on is refused; a stale one is
+    /// replaced.
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+
+    /// Where job records (SQLite), logs, job files and default outputs live. Default:
+    /// $XDG_STATE_HOME/mvm, else ~/.local/state/mvm.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Every host file a request names (modules, inputs, outputs, kernels, disks) must be under
+    /// this directory, symlinks resolved; relative paths in requests are relative to it.
+    /// Default: $HOME.
+    #[arg(long, value_name = "DIR")]
+    files_root: Option<PathBuf>,
+
+    /// How many jobs and VMs may run (or be paused) at once; more are refused with 429.
+    #[arg(long, value_name = "N", default_value_t = mvm_api::server::DEFAULT_MAX_RUNNING)]
+    max_running: usize,
 }
 
 #[derive(Args)]
@@ -138,7 +171,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot(args, cli.kvm_device),
         Command::Check => check(cli.kvm_device),
-        Command::Up { job, json } => up::up(&job, json, cli.kvm_device),
+        Command::Up { job, json, remote: None } => up::up(&job, json, cli.kvm_device),
+        Command::Up { job, json, remote: Some(socket) } => remote::up(&job, json, &socket),
+        Command::Serve(args) => serve(args, cli.kvm_device),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -208,6 +243,30 @@ fn report(end: &VmEnd) -> u8 {
             status::TIMEOUT
         }
     }
+}
+
+fn serve(args: ServeArgs, kvm_device: PathBuf) -> anyhow::Result<u8> {
+    let state_dir = match args.state_dir {
+        Some(dir) => dir,
+        None => mvm_api::server::default_state_dir()
+            .context("no --state-dir, and neither XDG_STATE_HOME nor HOME is set")?,
+    };
+    let files_root = match args.files_root {
+        Some(dir) => dir,
+        None => std::env::var_os("HOME").map(PathBuf::from).context("no --files-root, and HOME is not set")?,
+    };
+    anyhow::ensure!(args.max_running > 0, "--max-running must be at least 1");
+    let exe = std::env::current_exe().context("cannot find the mvm binary to run jobs with")?;
+    let config = mvm_api::server::ServeConfig {
+        socket: args.socket,
+        state_dir,
+        files_root,
+        max_running: args.max_running,
+        exe,
+        kvm_device,
+    };
+    mvm_api::server::serve(config)?;
+    Ok(0)
 }
 
 fn check(kvm_path: PathBuf) -> anyhow::Result<u8> {
