@@ -79,10 +79,45 @@ impl Write for Diagnostics {
     }
 }
 
+/// Makes SIGINT and SIGTERM remove the staged images in `dir` before mvm
+/// exits (with 128 + the signal, as a shell reports it). The signals are
+/// blocked in this thread before any other exists, so every thread inherits
+/// the mask and only the waiting thread ever sees them; the VM's threads die
+/// with the process.
+fn remove_on_signal(dir: PathBuf) -> anyhow::Result<()> {
+    // SAFETY: an all-zero sigset_t is a valid argument for sigemptyset,
+    // which initializes it.
+    let mut signals: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `signals` is a valid sigset_t owned by this frame; blocking
+    // SIGINT and SIGTERM in this thread has no effect on memory.
+    let blocked = unsafe {
+        libc::sigemptyset(&mut signals);
+        libc::sigaddset(&mut signals, libc::SIGINT);
+        libc::sigaddset(&mut signals, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut())
+    };
+    anyhow::ensure!(blocked == 0, "cannot block SIGINT and SIGTERM: {}", std::io::Error::from_raw_os_error(blocked));
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            // SAFETY: `signals` lives in this closure and `signal` is a valid out-pointer.
+            if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
+                return;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            eprintln!("mvm: interrupted (signal {signal}): the job's VM was stopped and its staged files removed");
+            std::process::exit(128 + signal);
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
 pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> {
     let spec = JobSpec::load(job_file, &HostLimits::detect())?;
     let module = job::load_module(&spec.wasm)?;
     let work = tempfile::Builder::new().prefix("mvm-job-").tempdir().context("cannot make a temporary directory")?;
+    remove_on_signal(work.path().to_path_buf())?;
     let job_image = work.path().join("job.img");
     let out_image = work.path().join("out.img");
     job::write_input_image(&job_image, &module, &spec.argv(), &spec.env, &spec.inputs)?;

@@ -224,3 +224,33 @@ fn bad_job_files_name_the_key_and_line() {
     assert_eq!(out.status.code(), Some(MVM_ERROR));
     assert!(text(&out.stderr).contains("m.wat"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn an_interrupted_job_leaves_no_files_behind() {
+    if !kvm_or_skip("an_interrupted_job_leaves_no_files_behind") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = mvm()
+        .arg("up")
+        .arg(example("sleeper/job.toml"))
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the job's images are staged, then interrupt it.
+    let staged = || std::fs::read_dir(tmp.path()).unwrap().count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while staged() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(staged(), 1, "the job staged its images in TMPDIR");
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("staged files removed"), "{}", text(&out.stderr));
+    assert_eq!(staged(), 0, "nothing left in TMPDIR");
+}
