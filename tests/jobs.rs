@@ -231,7 +231,7 @@ fn an_interrupted_job_leaves_no_files_behind() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = mvm()
+    let child = mvm()
         .arg("up")
         .arg(example("sleeper/job.toml"))
         .env("TMPDIR", tmp.path())
