@@ -15,6 +15,9 @@ use crate::idle::halt_until;
 use crate::time::monotonic_ns;
 use crate::virtio::net::Net;
 
+/// Extra egress passes per poll: at most the TX queue's size.
+const EGRESS_BATCH: usize = 31;
+
 /// The longest the guest halts between polls when smoltcp has no timer due.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 /// The TCP send buffer of `send_stream`: the most data in flight.
@@ -52,16 +55,24 @@ impl Stack {
         Stack { device, iface, sockets: SocketSet::new(Vec::new()) }
     }
 
-    /// Polls the stack, then halts until smoltcp's next timer, a received
-    /// frame (the VMM wakes the vCPU) or `IDLE_POLL`.
-    /// One pass of the stack; the device's queued frames and refilled
-    /// receive buffers are announced once, after it, not once per frame.
+    /// One pass of the stack. smoltcp sends at most one segment per socket
+    /// and egress pass, so egress runs again while it sends, up to a queue's
+    /// worth; the frames queued and receive buffers returned are then
+    /// announced to the device once (one VM exit), not once per frame.
     fn poll(&mut self) -> PollResult {
-        let result = self.iface.poll(now(), &mut self.device, &mut self.sockets);
+        let mut result = self.iface.poll(now(), &mut self.device, &mut self.sockets);
+        for _ in 0..EGRESS_BATCH {
+            if self.iface.poll_egress(now(), &mut self.device, &mut self.sockets) == PollResult::None {
+                break;
+            }
+            result = PollResult::SocketStateChanged;
+        }
         self.device.kick();
         result
     }
 
+    /// Polls the stack, then halts until smoltcp's next timer, a received
+    /// frame (the VMM wakes the vCPU) or `IDLE_POLL`.
     fn step(&mut self) {
         self.poll();
         let delay = self.iface.poll_delay(now(), &self.sockets).unwrap_or(IDLE_POLL).min(IDLE_POLL);
