@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use mvm_vmm::power::ExitReason;
-use mvm_vmm::virtio::{DiskConfig, NetConfig};
+use mvm_vmm::virtio::{DiskConfig, NetConfig, NotifyPath};
 use mvm_vmm::{KernelSource, VmConfig, VmEnd};
 
 mod remote;
@@ -138,6 +138,12 @@ struct BootArgs {
     #[arg(long = "net", value_name = "tap=NAME[,mac=XX:XX:XX:XX:XX:XX]")]
     nets: Vec<NetConfig>,
 
+    /// How virtio queue notifications reach the devices: `exit` (the guest's MMIO write exits to
+    /// mvm, which does the work before the guest resumes) or `ioeventfd` (the kernel takes the
+    /// write and a device thread does the work while the guest runs on).
+    #[arg(long, value_name = "exit|ioeventfd", default_value = "exit")]
+    virtio_notify: NotifyPath,
+
     /// Limit the VM to this many host cores' worth of CPU time across all its vCPUs: 0.25 is a
     /// quarter of one core; at most the host's CPU count. The vCPU threads are parked once the
     /// VM has used its share of each 20 ms period. Default: no limit.
@@ -200,6 +206,7 @@ fn boot(args: BootArgs, kvm_path: PathBuf) -> anyhow::Result<u8> {
         nets: args.nets,
         cpu_quota: args.cpu_quota,
         consoles: Vec::new(),
+        notify: args.virtio_notify,
     };
     let end = mvm_vmm::vm::run(&config, std::io::stdout()).context("cannot boot the VM")?;
     Ok(report(&end))

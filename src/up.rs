@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::Context;
 use mvm_api::job::{self, HostLimits, JobSpec, Kernel};
 use mvm_vmm::power::ExitReason;
-use mvm_vmm::virtio::{ConsoleSink, DiskConfig, NetConfig};
+use mvm_vmm::virtio::{ConsoleSink, DiskConfig, NetConfig, NotifyPath};
 use mvm_vmm::{KernelSource, VmConfig, VmEnd};
 
 use crate::status;
@@ -154,6 +154,7 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
         nets,
         cpu_quota: spec.cpu_quota,
         consoles: vec![ConsoleSink::new(std::io::stdout()), ConsoleSink::new(std::io::stderr())],
+        notify: NotifyPath::Exit,
     };
     let diagnostics = Diagnostics::default();
     let started = Instant::now();

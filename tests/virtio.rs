@@ -274,3 +274,22 @@ fn missing_tap_without_privilege_says_how_to_fix_it() {
     assert!(stderr.contains("mvmnotap0"), "{stderr}");
     assert!(stderr.contains("ip tuntap add"), "{stderr}");
 }
+
+#[test]
+fn disks_work_with_ioeventfd_notifications() {
+    if !kvm_or_skip("disks_work_with_ioeventfd_notifications") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = known_content(1024 * 1024);
+    let disk = image(dir.path(), "data.img", &content);
+    let second = image(dir.path(), "second.img", &vec![0u8; 256 * 1024]);
+    let notify = ["--virtio-notify", "ioeventfd"];
+    let (code, stdout, stderr) = boot(&[&notify[..], &["--disk", &format!("{disk},ro"), "--cmdline", "mvm.test=blk-sum:0"]].concat());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("fnv1a64={:#018x}", fnv1a(&content))), "{stdout}");
+    let (code, stdout, stderr) = boot(&[&notify[..], &["--disk", &disk, "--disk", &second, "--cmdline", "mvm.test=blk-write:1"]].concat());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let written = std::fs::read(&second).unwrap();
+    assert!(written.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)), "the pattern reached the image");
+}

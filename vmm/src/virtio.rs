@@ -9,12 +9,15 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::VmFd;
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
 use mvm_devices::virtio::{
     net, BlockError, MmioTransport, Tap, TapError, VirtioBlock, VirtioConsole, VirtioDevice, VirtioError,
-    VirtioInterrupt, VirtioNet, MMIO_LEN,
+    VirtioInterrupt, VirtioNet, MMIO_LEN, QUEUE_NOTIFY,
 };
-use mvm_devices::{Bus, BusError};
+use mvm_devices::{Bus, BusDevice, BusError};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -127,6 +130,84 @@ fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
     net::parse_mac(text).map_err(|_| ConfigError::BadMac(text.to_string()))
 }
 
+/// How a guest's queue notification reaches its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyPath {
+    /// The MMIO write exits to the VMM, and the vCPU thread processes the
+    /// queue before resuming the guest: one exit, and the answer is there
+    /// when the guest looks. The default.
+    #[default]
+    Exit,
+    /// KVM completes the write in the kernel and signals an ioeventfd; a
+    /// notifier thread per device processes the queue while the guest runs
+    /// on (and polls, or halts until the device wakes it).
+    Ioeventfd,
+}
+
+impl FromStr for NotifyPath {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "exit" => Ok(NotifyPath::Exit),
+            "ioeventfd" => Ok(NotifyPath::Ioeventfd),
+            other => Err(format!("`{other}`: expected exit or ioeventfd")),
+        }
+    }
+}
+
+/// The notifier threads of [`NotifyPath::Ioeventfd`]; dropping this stops
+/// and joins them.
+#[derive(Default)]
+pub struct Notifiers {
+    stop: Option<EventFd>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Notifiers {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            let _ = stop.write(1);
+        }
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a virtio notifier thread panicked");
+            }
+        }
+    }
+}
+
+/// Waits on a device's queue ioeventfds (one per queue, matched on the
+/// queue index the guest writes) and hands each notification to the
+/// transport, as the MMIO exit would have.
+fn notifier(transport: Arc<Mutex<MmioTransport>>, queues: Vec<EventFd>, stop: EventFd) {
+    let mut fds: Vec<libc::pollfd> = std::iter::once(&stop)
+        .chain(&queues)
+        .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .collect();
+    loop {
+        // SAFETY: `fds` is a valid array of pollfd of the given length,
+        // whose descriptors outlive the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!("virtio notifier: poll failed: {}", std::io::Error::last_os_error());
+            return;
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+        for (queue, (pollfd, fd)) in fds[1..].iter_mut().zip(&queues).enumerate() {
+            if std::mem::take(&mut pollfd.revents) != 0 && fd.read().is_ok() {
+                let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+                transport.write(QUEUE_NOTIFY, &(queue as u32).to_le_bytes());
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     #[error("too many virtio devices: at most {MAX_DEVICES}")]
@@ -149,6 +230,8 @@ pub enum AttachError {
     Bus(#[source] BusError),
     #[error("cannot wire a virtio interrupt to the irqchip")]
     Irq(#[source] std::io::Error),
+    #[error("cannot set up an ioeventfd for virtio queue notifications")]
+    Ioeventfd(#[source] std::io::Error),
 }
 
 /// How a device tells the guest it used buffers: it wakes the boot vCPU if
@@ -175,19 +258,20 @@ pub struct Requested<'a> {
     pub disks: &'a [DiskConfig],
     pub nets: &'a [NetConfig],
     pub consoles: &'a [ConsoleSink],
+    pub notify: NotifyPath,
 }
 
 /// Creates the devices asked for, disks then network devices then consoles,
 /// places them on the MMIO bus, and returns the command-line words that
-/// announce them.
+/// announce them, with the notifier threads of `notify`'s path.
 pub fn attach(
-    Requested { disks, nets, consoles }: Requested<'_>,
+    Requested { disks, nets, consoles, notify }: Requested<'_>,
     mem: &GuestMemoryMmap,
     vm: &VmFd,
     irqchip: bool,
     wakeup: &Arc<Wakeup>,
     bus: &mut Bus,
-) -> Result<Vec<String>, AttachError> {
+) -> Result<(Vec<String>, Notifiers), AttachError> {
     if disks.len() + nets.len() + consoles.len() > MAX_DEVICES {
         return Err(AttachError::TooMany);
     }
@@ -205,6 +289,7 @@ pub fn attach(
         devices.push(Box::new(VirtioConsole::new(Box::new(sink.clone()))));
     }
     let count = devices.len();
+    let mut notifiers = Notifiers::default();
     for (index, device) in devices.into_iter().enumerate() {
         let (base, line) = slot(index);
         let irq = if irqchip {
@@ -214,11 +299,35 @@ pub fn attach(
         } else {
             None
         };
-        let notifier = Arc::new(GuestNotifier { wakeup: wakeup.clone(), irq });
-        let transport = MmioTransport::new(device, mem.clone(), notifier).map_err(AttachError::Transport)?;
-        bus.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport))).map_err(AttachError::Bus)?;
+        let queue_count = device.queue_max_sizes().len();
+        let interrupt = Arc::new(GuestNotifier { wakeup: wakeup.clone(), irq });
+        let transport = MmioTransport::new(device, mem.clone(), interrupt).map_err(AttachError::Transport)?;
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(base, MMIO_LEN, transport.clone()).map_err(AttachError::Bus)?;
+        if notify == NotifyPath::Ioeventfd {
+            let io_err = |e: kvm_ioctls::Error| AttachError::Ioeventfd(e.into());
+            let mut queues = Vec::with_capacity(queue_count);
+            for queue in 0..queue_count as u32 {
+                let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(AttachError::Ioeventfd)?;
+                vm.register_ioevent(&fd, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), queue).map_err(io_err)?;
+                queues.push(fd);
+            }
+            let stop = match &notifiers.stop {
+                Some(stop) => stop.try_clone(),
+                None => EventFd::new(libc::EFD_NONBLOCK),
+            }
+            .map_err(AttachError::Ioeventfd)?;
+            if notifiers.stop.is_none() {
+                notifiers.stop = Some(stop.try_clone().map_err(AttachError::Ioeventfd)?);
+            }
+            let thread = std::thread::Builder::new()
+                .name(format!("virtio{index}-notify"))
+                .spawn(move || notifier(transport, queues, stop))
+                .map_err(AttachError::Ioeventfd)?;
+            notifiers.threads.push(thread);
+        }
     }
-    Ok(cmdline_words(count))
+    Ok((cmdline_words(count), notifiers))
 }
 
 /// Where device `index` sits: (MMIO base, interrupt line).

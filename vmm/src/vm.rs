@@ -26,7 +26,7 @@ use crate::layout::low_ram_end;
 use crate::loader::{Kernel, KernelSource, LoaderError};
 use crate::quota::{self, Quota, Throttle};
 use crate::vcpu::{self, Buses, EndCause, Idle, StopCause, VcpuEnd, Wakeup};
-use crate::virtio::{ConsoleSink, DiskConfig, NetConfig, Requested};
+use crate::virtio::{ConsoleSink, DiskConfig, NetConfig, NotifyPath, Requested};
 use crate::{boot, memory, pvm, x86};
 
 /// What Linux needs on its command line to use COM1 and reboot through the
@@ -49,6 +49,8 @@ pub struct VmConfig {
     /// virtio consoles, after the disks and network devices: a job's stdout
     /// and stderr.
     pub consoles: Vec<ConsoleSink>,
+    /// How queue notifications reach the devices.
+    pub notify: NotifyPath,
 }
 
 impl VmConfig {
@@ -352,8 +354,9 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     // Devices first: their announcements go on the command line.
     let boot_idle = Idle { wakeup: Arc::new(Wakeup::default()), devices_can_wake: !config.nets.is_empty() };
     let mut mmio = Bus::new();
-    let requested = Requested { disks: &config.disks, nets: &config.nets, consoles: &config.consoles };
-    let device_words =
+    let requested =
+        Requested { disks: &config.disks, nets: &config.nets, consoles: &config.consoles, notify: config.notify };
+    let (device_words, notifiers) =
         crate::virtio::attach(requested, &mem, &vm, irqchip, &boot_idle.wakeup, &mut mmio)?;
     let loaded = kernel.load(&mem)?;
     let words = std::iter::once(cmdline_text.to_string()).chain(device_words).filter(|w| !w.is_empty());
@@ -456,7 +459,9 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
             thread.stop_and_join();
         }
     }
-    // The vCPUs, then the VM, then guest memory: KVM must let go of the memory first.
+    // The device threads, the vCPUs, then the VM, then guest memory: KVM
+    // must let go of the memory first.
+    drop(notifiers);
     drop(parked);
     drop(vm);
     drop(mem);

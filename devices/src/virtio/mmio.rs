@@ -53,7 +53,8 @@ const QUEUE_SEL: u64 = 0x30;
 const QUEUE_NUM_MAX: u64 = 0x34;
 const QUEUE_NUM: u64 = 0x38;
 const QUEUE_READY: u64 = 0x44;
-const QUEUE_NOTIFY: u64 = 0x50;
+/// The queue-notify register: also where a VMM may hang an ioeventfd.
+pub const QUEUE_NOTIFY: u64 = 0x50;
 const INTERRUPT_STATUS: u64 = 0x60;
 const INTERRUPT_ACK: u64 = 0x64;
 const STATUS: u64 = 0x70;

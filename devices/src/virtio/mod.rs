@@ -39,7 +39,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub use block::{BlockError, BlockMetrics, VirtioBlock};
 pub use console::{ConsoleMetrics, VirtioConsole, TYPE_CONSOLE};
-pub use mmio::{MmioMetrics, MmioTransport, MMIO_LEN};
+pub use mmio::{MmioMetrics, MmioTransport, MMIO_LEN, QUEUE_NOTIFY};
 pub use net::{NetBackend, NetError, NetMetrics, Tap, TapError, VirtioNet};
 
 /// Device ID of a network card (virtio spec 5).

@@ -10,6 +10,8 @@ use crate::time::monotonic_ns;
 
 pub const SECTOR: usize = 512;
 const QUEUE_SIZE: u16 = 16;
+/// How long the driver polls for an answer before it halts.
+const SPIN_NS: u64 = 200_000;
 
 const F_RO: u64 = 1 << 5;
 const F_FLUSH: u64 = 1 << 9;
@@ -77,11 +79,19 @@ impl Blk {
         }
     }
 
-    /// Waits for the device to use the outstanding chain.
+    /// Waits for the device to use the outstanding chain: mvm's device has
+    /// usually done so during the notify exit; one working on its own thread
+    /// (ioeventfd notifications) answers within microseconds, so the driver
+    /// polls a while before it halts.
     fn wait(&mut self) -> Result<(), BlkError> {
+        let spin_until = monotonic_ns() + SPIN_NS;
         loop {
             if self.queue.pop_used().is_some() {
                 return Ok(());
+            }
+            if monotonic_ns() < spin_until {
+                core::hint::spin_loop();
+                continue;
             }
             if self.mmio.status() & STATUS_NEEDS_RESET != 0 {
                 return Err(BlkError::DeviceBroken);
