@@ -31,10 +31,12 @@ mod status {
     version,
     about = "Run untrusted code in its own tiny KVM virtual machine",
     long_about = "mvm gives every job its own microVM: a minimal monitor boots a tiny guest kernel \
-                  with a serial console, under KVM (hardware VMX/SVM or PVM).\n\n\
-                  Exit status: the guest's own (0-255) when it powers off; 122 when the guest ran \
-                  out of memory; 123 when the guest crashed; 124 on --timeout-s; 125 when mvm itself \
-                  failed (bad input, no KVM)."
+                  with a serial console, virtio disks, network and consoles, under KVM (hardware \
+                  VMX/SVM or PVM).\n\n\
+                  Exit status of `up` and `boot`: the job's or guest's own (0-255) when it ends by \
+                  itself; 121 when the job's WebAssembly trapped; 122 when the guest ran out of \
+                  memory; 123 when the guest crashed; 124 on the timeout; 125 when mvm itself failed \
+                  (bad input, no KVM)."
 )]
 struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
