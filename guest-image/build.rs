@@ -5,14 +5,9 @@
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     println!("cargo:rerun-if-changed=link.ld");
-    for arg in [
-        "-nostdlib",
-        "-static",
-        "-no-pie",
-        "-Wl,--build-id=none",
-        "-Wl,--gc-sections",
-        &format!("-Wl,-T{dir}/link.ld"),
-    ] {
+    for arg in
+        ["-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none", "-Wl,--gc-sections", &format!("-Wl,-T{dir}/link.ld")]
+    {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
 }

@@ -36,12 +36,19 @@ struct Ending {
 }
 
 fn ending(end: &VmEnd, memory_mib: u64) -> Ending {
-    let crashed = |detail: String| Ending { reason: "guest crashed", line: format!("guest crashed: {detail}"), status: status::GUEST_CRASHED, outputs: false };
+    let crashed = |detail: String| Ending {
+        reason: "guest crashed",
+        line: format!("guest crashed: {detail}"),
+        status: status::GUEST_CRASHED,
+        outputs: false,
+    };
     match end {
         VmEnd::PowerOff(exit) if exit.reason == ExitReason::Exit => {
             Ending { reason: "exit", line: format!("exit {}", exit.status), status: exit.status, outputs: true }
         }
-        VmEnd::PowerOff(exit) => crashed(format!("the guest kernel stopped ({:?}, status {})", exit.reason, exit.status)),
+        VmEnd::PowerOff(exit) => {
+            crashed(format!("the guest kernel stopped ({:?}, status {})", exit.reason, exit.status))
+        }
         VmEnd::Trap { message } => {
             Ending { reason: "trap", line: format!("trap: {message}"), status: status::TRAP, outputs: true }
         }
@@ -172,7 +179,9 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
         eprintln!("mvm: the guest's console:\n{}", String::from_utf8_lossy(&kept));
     }
     let (files, bytes, output_error) = match &outputs {
-        Some(Ok(summary)) => (summary.files.iter().map(|f| f.path.display().to_string()).collect(), summary.bytes, None),
+        Some(Ok(summary)) => {
+            (summary.files.iter().map(|f| f.path.display().to_string()).collect(), summary.bytes, None)
+        }
         Some(Err(err)) => (Vec::new(), 0, Some(err.to_string())),
         None => (Vec::new(), 0, None),
     };
@@ -210,9 +219,21 @@ mod tests {
         let cases = [
             (exit(ExitReason::Exit, 3), "exit", "exit 3", 3, true),
             (VmEnd::Trap { message: "unreachable".into() }, "trap", "trap: unreachable", status::TRAP, true),
-            (VmEnd::OutOfMemory { ram_mib: 16 }, "out of memory", "out of memory (guest RAM 16 MiB)", status::OUT_OF_MEMORY, false),
+            (
+                VmEnd::OutOfMemory { ram_mib: 16 },
+                "out of memory",
+                "out of memory (guest RAM 16 MiB)",
+                status::OUT_OF_MEMORY,
+                false,
+            ),
             (VmEnd::TimedOut(Duration::from_millis(1500)), "timeout", "timeout after 1.5 s", status::TIMEOUT, false),
-            (exit(ExitReason::Panic, 101), "guest crashed", "guest crashed: the guest kernel stopped (Panic, status 101)", status::GUEST_CRASHED, false),
+            (
+                exit(ExitReason::Panic, 101),
+                "guest crashed",
+                "guest crashed: the guest kernel stopped (Panic, status 101)",
+                status::GUEST_CRASHED,
+                false,
+            ),
             (VmEnd::Reset, "guest crashed", "guest crashed: the guest kernel reset", status::GUEST_CRASHED, false),
             (
                 VmEnd::Crashed(Crash { kind: CrashKind::TripleFault, vcpu: 0, state: None }),
@@ -224,7 +245,10 @@ mod tests {
         ];
         for (end, reason, line, code, outputs) in cases {
             let ending = ending(&end, 16);
-            assert_eq!((ending.reason, ending.line.as_str(), ending.status, ending.outputs), (reason, line, code, outputs));
+            assert_eq!(
+                (ending.reason, ending.line.as_str(), ending.status, ending.outputs),
+                (reason, line, code, outputs)
+            );
         }
     }
 }

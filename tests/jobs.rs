@@ -162,7 +162,10 @@ const STREAMS: &str = r#"(module
     (call $put (i32.const 1) (i32.const 200) (i32.const 16))))"#;
 
 fn inline_job(module: &str, guest: &str) -> tempfile::TempDir {
-    job_dir(&format!("name = \"t\"\n[guest]\nmemory_mib = 16\n{guest}\n[run]\nwasm = \"m.wat\"\n"), &[("m.wat", module)])
+    job_dir(
+        &format!("name = \"t\"\n[guest]\nmemory_mib = 16\n{guest}\n[run]\nwasm = \"m.wat\"\n"),
+        &[("m.wat", module)],
+    )
 }
 
 #[test]

@@ -44,7 +44,8 @@ fn guest_reads_a_disk_and_its_checksum_matches() {
     let dir = tempfile::tempdir().unwrap();
     let content = known_content(3 * 1024 * 1024 + 512);
     let disk = image(dir.path(), "data.img", &content);
-    let (code, stdout, stderr) = boot(&["--disk", &format!("{disk},ro,serial=data-disk-1"), "--cmdline", "mvm.test=blk-sum:0"]);
+    let (code, stdout, stderr) =
+        boot(&["--disk", &format!("{disk},ro,serial=data-disk-1"), "--cmdline", "mvm.test=blk-sum:0"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let expected = format!(
         "blk sectors={} read_only=true id=\"data-disk-1\" fnv1a64={:#018x}",
@@ -62,7 +63,8 @@ fn guest_writes_a_second_disk_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let first = image(dir.path(), "first.img", &known_content(64 * 1024));
     let second = image(dir.path(), "second.img", &vec![0u8; 2 * 1024 * 1024]);
-    let (code, stdout, stderr) = boot(&["--disk", &format!("{first},ro"), "--disk", &second, "--cmdline", "mvm.test=blk-write:1"]);
+    let (code, stdout, stderr) =
+        boot(&["--disk", &format!("{first},ro"), "--disk", &second, "--cmdline", "mvm.test=blk-write:1"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("blk wrote bytes=2097152"), "{stdout}");
     let written = std::fs::read(&second).unwrap();
@@ -121,10 +123,9 @@ fn malformed_requests_fail_and_good_ones_still_work() {
 fn bad_disk_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let odd = image(dir.path(), "odd.img", &[0u8; 1000]);
-    for (args, expected) in [
-        (vec!["--disk", "/nonexistent/disk.img"], "/nonexistent/disk.img"),
-        (vec!["--disk", odd.as_str()], "512"),
-    ] {
+    for (args, expected) in
+        [(vec!["--disk", "/nonexistent/disk.img"], "/nonexistent/disk.img"), (vec!["--disk", odd.as_str()], "512")]
+    {
         let (code, _, stderr) = boot(&args);
         assert_eq!(code, 125, "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
@@ -200,7 +201,10 @@ fn guest_talks_tcp_and_answers_ping_through_a_tap() {
         return;
     }
     let Some(ns) = Netns::create(&format!("mvmtest{}", std::process::id())) else {
-        skipped("guest_talks_tcp_and_answers_ping_through_a_tap", "needs CAP_NET_ADMIN to make a network namespace and a TAP");
+        skipped(
+            "guest_talks_tcp_and_answers_ping_through_a_tap",
+            "needs CAP_NET_ADMIN to make a network namespace and a TAP",
+        );
         return;
     };
     let mvm = env!("CARGO_BIN_EXE_mvm");
@@ -263,7 +267,15 @@ fn missing_tap_without_privilege_says_how_to_fix_it() {
     }
     // As root, drop every capability: mvm may then neither create nor attach.
     let out = Command::new("setpriv")
-        .args(["--inh-caps=-all", "--bounding-set=-all", "--", env!("CARGO_BIN_EXE_mvm"), "boot", "--net", "tap=mvmnotap0"])
+        .args([
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+            env!("CARGO_BIN_EXE_mvm"),
+            "boot",
+            "--net",
+            "tap=mvmnotap0",
+        ])
         .output();
     let Ok(out) = out else {
         skipped("missing_tap_without_privilege_says_how_to_fix_it", "setpriv is missing");
@@ -285,10 +297,12 @@ fn disks_work_with_ioeventfd_notifications() {
     let disk = image(dir.path(), "data.img", &content);
     let second = image(dir.path(), "second.img", &vec![0u8; 256 * 1024]);
     let notify = ["--virtio-notify", "ioeventfd"];
-    let (code, stdout, stderr) = boot(&[&notify[..], &["--disk", &format!("{disk},ro"), "--cmdline", "mvm.test=blk-sum:0"]].concat());
+    let (code, stdout, stderr) =
+        boot(&[&notify[..], &["--disk", &format!("{disk},ro"), "--cmdline", "mvm.test=blk-sum:0"]].concat());
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains(&format!("fnv1a64={:#018x}", fnv1a(&content))), "{stdout}");
-    let (code, stdout, stderr) = boot(&[&notify[..], &["--disk", &disk, "--disk", &second, "--cmdline", "mvm.test=blk-write:1"]].concat());
+    let (code, stdout, stderr) =
+        boot(&[&notify[..], &["--disk", &disk, "--disk", &second, "--cmdline", "mvm.test=blk-write:1"]].concat());
     assert_eq!(code, 0, "{stdout}{stderr}");
     let written = std::fs::read(&second).unwrap();
     assert!(written.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)), "the pattern reached the image");

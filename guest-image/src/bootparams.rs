@@ -45,8 +45,9 @@ impl BootInfo {
             let at = E820_TABLE + i * E820_ENTRY_SIZE;
             // SAFETY: `entries` is capped at the table's 128 slots, all inside
             // the zero page.
-            let (start, len, kind) =
-                unsafe { (read::<u64>(zero_page, at), read::<u64>(zero_page, at + 8), read::<u32>(zero_page, at + 16)) };
+            let (start, len, kind) = unsafe {
+                (read::<u64>(zero_page, at), read::<u64>(zero_page, at + 8), read::<u32>(zero_page, at + 16))
+            };
             if kind == E820_RAM && ram_count < RAM_RANGES_MAX && start.checked_add(len).is_some() {
                 ram[ram_count] = MemoryRange { start, len };
                 ram_count += 1;

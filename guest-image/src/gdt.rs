@@ -61,7 +61,7 @@ pub fn init() {
         TSS.ist[usize::from(DOUBLE_FAULT_IST) - 1] = double_fault_stack().1;
         GDT[2] = 0x00af_9b00_0000_ffff; // 64-bit code, DPL 0
         GDT[3] = 0x00cf_9300_0000_ffff; // data, DPL 0
-        // A 64-bit available TSS takes two slots.
+                                        // A 64-bit available TSS takes two slots.
         GDT[4] = (limit & 0xffff)
             | ((tss & 0xff_ffff) << 16)
             | (0x89 << 40)

@@ -113,11 +113,12 @@ impl Stack {
                 sent += socket.send_slice(&message[sent..]).map_err(|_| "send failed")?;
             }
             if socket.can_recv() {
-                socket.recv(|data| {
-                    received.extend_from_slice(data);
-                    (data.len(), ())
-                })
-                .map_err(|_| "receive failed")?;
+                socket
+                    .recv(|data| {
+                        received.extend_from_slice(data);
+                        (data.len(), ())
+                    })
+                    .map_err(|_| "receive failed")?;
                 continue;
             }
             self.step();
@@ -130,7 +131,13 @@ impl Stack {
     /// Connects to `peer`, sends `len` bytes (`chunk` over and over) as fast
     /// as the peer takes them and closes; returns once the peer has
     /// acknowledged the data and the close, or fails after `timeout_ms`.
-    pub fn send_stream(&mut self, peer: IpEndpoint, chunk: &[u8], len: u64, timeout_ms: u64) -> Result<(), &'static str> {
+    pub fn send_stream(
+        &mut self,
+        peer: IpEndpoint,
+        chunk: &[u8],
+        len: u64,
+        timeout_ms: u64,
+    ) -> Result<(), &'static str> {
         if chunk.is_empty() {
             return Err("nothing to send: the chunk is empty");
         }

@@ -7,13 +7,13 @@ use alloc::vec::Vec;
 use core::arch::asm;
 
 use crate::cmdline::{parse_u64, Display};
+use crate::console::print;
+use crate::interrupts;
 use crate::netstack::{parse_endpoint, Stack};
+use crate::time::{monotonic_ns, wall_ns};
 use crate::virtio::blk::{Blk, BlkError, Header, SECTOR};
 use crate::virtio::queue::Descriptor;
 use crate::virtio::{self, DEVICE_BLOCK, DEVICE_NET};
-use crate::console::print;
-use crate::interrupts;
-use crate::time::{monotonic_ns, wall_ns};
 
 pub fn run(spec: &[u8], cmdline: &[u8]) {
     let (name, arg) = match spec.iter().position(|b| *b == b':') {
@@ -47,7 +47,9 @@ pub fn run(spec: &[u8], cmdline: &[u8]) {
         b"blk-abuse" => blk_abuse(disk(cmdline, number())),
         b"net-echo" => net_echo(cmdline, arg.unwrap_or_default()),
         b"net-serve" => network(cmdline).serve(number()),
-        b"blk-seq-read" | b"blk-seq-write" | b"blk-rand-read" => crate::iobench::blk(name, spec, arg, |index| disk(cmdline, index)),
+        b"blk-seq-read" | b"blk-seq-write" | b"blk-rand-read" => {
+            crate::iobench::blk(name, spec, arg, |index| disk(cmdline, index))
+        }
         b"net-send" => crate::iobench::net_send(spec, arg, || network(cmdline)),
         _ => panic!("mvm.test={}: unknown self-test", Display(spec)),
     }
@@ -60,7 +62,9 @@ fn fault(kind: &[u8]) {
         match kind {
             b"ud" => asm!("ud2", options(nomem, nostack)),
             b"bp" => asm!("int3", options(nomem, nostack)),
-            b"de" => asm!("div {0:e}", in(reg) 0u32, inout("eax") 1u32 => _, inout("edx") 0u32 => _, options(nomem, nostack)),
+            b"de" => {
+                asm!("div {0:e}", in(reg) 0u32, inout("eax") 1u32 => _, inout("edx") 0u32 => _, options(nomem, nostack))
+            }
             // Non-canonical address.
             b"gp" => asm!("mov rax, [{}]", in(reg) 0x8000_0000_0000_0000u64, out("rax") _, options(nostack)),
             // Canonical, but far above any RAM the page tables map.
@@ -193,12 +197,18 @@ fn blk_abuse(mut blk: Blk) {
     let d = data.as_mut_ptr() as u64;
     let st = &mut *status as *mut u8 as u64;
     let beyond_ram = 0x40_0000_0000; // 256 GiB: no guest has RAM there
-    // `next` is an index into the chain (see Virtqueue::add_raw).
+                                     // `next` is an index into the chain (see Virtqueue::add_raw).
     let cases: [(&str, Vec<Descriptor>); 7] = [
         ("no-status", alloc::vec![desc(h, 16, 0, 0)]),
         ("short-header", alloc::vec![desc(h, 8, NEXT, 1), desc(st, 1, WRITE, 0)]),
-        ("data-outside-ram", alloc::vec![desc(h, 16, NEXT, 1), desc(beyond_ram, 512, WRITE | NEXT, 2), desc(st, 1, WRITE, 0)]),
-        ("writable-header", alloc::vec![desc(h, 16, WRITE | NEXT, 1), desc(d, 512, WRITE | NEXT, 2), desc(st, 1, WRITE, 0)]),
+        (
+            "data-outside-ram",
+            alloc::vec![desc(h, 16, NEXT, 1), desc(beyond_ram, 512, WRITE | NEXT, 2), desc(st, 1, WRITE, 0)],
+        ),
+        (
+            "writable-header",
+            alloc::vec![desc(h, 16, WRITE | NEXT, 1), desc(d, 512, WRITE | NEXT, 2), desc(st, 1, WRITE, 0)],
+        ),
         ("huge-length", alloc::vec![desc(h, 16, NEXT, 1), desc(d, u32::MAX, WRITE | NEXT, 2), desc(st, 1, WRITE, 0)]),
         ("next-past-table", alloc::vec![desc(h, 16, NEXT, 0x7fff)]),
         ("looping-chain", alloc::vec![desc(h, 16, NEXT, 0)]),

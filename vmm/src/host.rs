@@ -55,8 +55,8 @@ pub struct Host {
 
 impl Host {
     pub fn open(path: &Path) -> Result<Host, HostError> {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| HostError::NoKvm(path.into()))?;
+        let c_path =
+            std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| HostError::NoKvm(path.into()))?;
         let kvm = Kvm::new_with_path(&c_path).map_err(|err| match err.errno() {
             libc::ENOENT | libc::ENODEV | libc::ENXIO => HostError::NoKvm(path.into()),
             libc::EACCES | libc::EPERM => HostError::PermissionDenied(path.into()),

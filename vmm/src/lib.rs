@@ -21,6 +21,6 @@ pub mod vm;
 pub mod x86;
 
 pub use host::{Host, HostError, HostKind};
-pub use mvm_devices::power;
 pub use loader::{KernelSource, LoaderError};
+pub use mvm_devices::power;
 pub use vm::{Crash, CrashKind, VmConfig, VmEnd, VmError};

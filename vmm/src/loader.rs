@@ -261,9 +261,7 @@ fn inspect_bzimage(name: &str, image: &mut Image) -> Result<KernelSpan, LoaderEr
         0 => 4,
         n => u64::from(n),
     };
-    let payload = file_len
-        .checked_sub((setup_sects + 1) * 512)
-        .ok_or_else(|| bad("shorter than its setup sectors"))?;
+    let payload = file_len.checked_sub((setup_sects + 1) * 512).ok_or_else(|| bad("shorter than its setup sectors"))?;
     // Protocol 2.10 and later give the room the kernel needs to decompress.
     let init_size = u64::from(if hdr.version >= 0x020a { hdr.init_size } else { 0 });
     let start = u64::from(hdr.code32_start);

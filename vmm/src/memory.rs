@@ -69,8 +69,12 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
         // SAFETY: the host range is a live mapping of exactly `size` bytes
         // owned by `mem`, which the VM outlives nowhere: `Vm` drops the VmFd
         // (and with it the slot) before the memory.
-        unsafe { vm.set_user_memory_region(region_desc) }
-            .map_err(|source| MemoryError::Register { slot, start, size, source })?;
+        unsafe { vm.set_user_memory_region(region_desc) }.map_err(|source| MemoryError::Register {
+            slot,
+            start,
+            size,
+            source,
+        })?;
     }
     Ok(())
 }

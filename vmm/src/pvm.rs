@@ -26,8 +26,7 @@ const PTE_USER: u64 = 1 << 2;
 /// Reads the PVM signature MSR through `vcpu`; any other KVM refuses the
 /// unknown MSR (KVM_GET_MSRS returns 0 entries) or returns something else.
 pub fn detect(vcpu: &VcpuFd) -> HostKind {
-    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry { index: MSR_PVM_SIGNATURE, ..Default::default() }])
-    else {
+    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry { index: MSR_PVM_SIGNATURE, ..Default::default() }]) else {
         return HostKind::Hardware;
     };
     match vcpu.get_msrs(&mut msrs) {

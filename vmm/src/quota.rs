@@ -466,10 +466,7 @@ mod tests {
         for bad in [2.5, f64::INFINITY] {
             assert!(matches!(Quota::new(bad, 2), Err(QuotaError::MoreThanHost { cpus: 2, .. })), "{bad}");
         }
-        assert_eq!(
-            Quota::new(3.0, 2).unwrap_err().to_string(),
-            "--cpu-quota 3 is more than this host's 2 CPUs"
-        );
+        assert_eq!(Quota::new(3.0, 2).unwrap_err().to_string(), "--cpu-quota 3 is more than this host's 2 CPUs");
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub enum StopCause {
     Halted,
     TripleFault,
     InternalError,
-    FailEntry { reason: u64 },
+    FailEntry {
+        reason: u64,
+    },
     /// The in-kernel irqchip's guest reported a crash (KVM_SYSTEM_EVENT_CRASH).
     GuestReportedCrash,
     Unexpected(&'static str),
@@ -168,7 +170,8 @@ pub(crate) fn install_kick_handler() -> std::io::Result<()> {
     static INSTALL: Once = Once::new();
     let mut result = Ok(());
     INSTALL.call_once(|| {
-        result = register_signal_handler(kick_signal(), on_kick).map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+        result =
+            register_signal_handler(kick_signal(), on_kick).map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
     });
     result
 }
@@ -344,9 +347,7 @@ fn guest_end(vcpu: &mut VcpuFd, cause: StopCause) -> EndCause {
             cause,
             StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::Fault | ExitReason::Trap, .. }))
         );
-    let state = crashed
-        .then(|| Some(Box::new((vcpu.get_regs().ok()?, vcpu.get_sregs().ok()?))))
-        .flatten();
+    let state = crashed.then(|| Some(Box::new((vcpu.get_regs().ok()?, vcpu.get_sregs().ok()?)))).flatten();
     let internal_suberror = (cause == StopCause::InternalError).then(|| {
         // SAFETY: after a KVM_EXIT_INTERNAL_ERROR exit, `internal` is the
         // union member KVM filled in.
@@ -401,7 +402,10 @@ mod tests {
         let action = handle_exit(VcpuExit::IoOut(0x600, &data), &buses(), &mut ExitStats::default());
         assert_eq!(
             action,
-            ExitAction::Stop(StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::Exit, status: 42 })))
+            ExitAction::Stop(StopCause::Request(VmRequest::PowerOff(GuestExit {
+                reason: ExitReason::Exit,
+                status: 42
+            })))
         );
     }
 

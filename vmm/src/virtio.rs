@@ -121,8 +121,7 @@ impl FromStr for NetConfig {
 }
 
 fn tap_name(name: &str) -> Result<String, ConfigError> {
-    let valid = (1..16).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let valid = (1..16).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     valid.then(|| name.to_string()).ok_or_else(|| ConfigError::BadTapName(name.to_string()))
 }
 
@@ -370,7 +369,9 @@ mod tests {
         assert_eq!("mac=52:54:00:12:34:56".parse::<NetConfig>(), Err(ConfigError::MissingTap));
         assert!(matches!("tap=a/b".parse::<NetConfig>(), Err(ConfigError::BadTapName(_))));
         assert!(matches!("tap=0123456789abcdef".parse::<NetConfig>(), Err(ConfigError::BadTapName(_))));
-        for bad in ["01:00:00:00:00:00", "52:54:00:12:34", "52:54:00:12:34:5g", "5:54:00:12:34:56:", "+1:54:00:12:34:56"] {
+        for bad in
+            ["01:00:00:00:00:00", "52:54:00:12:34", "52:54:00:12:34:5g", "5:54:00:12:34:56:", "+1:54:00:12:34:56"]
+        {
             assert!(matches!(parse_mac(bad), Err(ConfigError::BadMac(_))), "{bad}");
         }
     }

@@ -115,9 +115,13 @@ pub enum VmEnd {
     /// VMM does not know).
     PowerOff(GuestExit),
     /// The guest ran out of its RAM, which is the memory limit.
-    OutOfMemory { ram_mib: u64 },
+    OutOfMemory {
+        ram_mib: u64,
+    },
     /// The job's WebAssembly module trapped; the guest's message.
-    Trap { message: String },
+    Trap {
+        message: String,
+    },
     /// The guest asked for a reset; mvm does not reboot guests.
     Reset,
     Crashed(Crash),
@@ -127,10 +131,20 @@ pub enum VmEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrashKind {
     /// A CPU exception the guest caught and reported (exit reason "fault").
-    GuestFault { vector: u8, rip: u64, error_code: u64, cr2: u64, stack_overflow: bool },
+    GuestFault {
+        vector: u8,
+        rip: u64,
+        error_code: u64,
+        cr2: u64,
+        stack_overflow: bool,
+    },
     TripleFault,
-    InternalError { suberror: Option<u32> },
-    FailEntry { reason: u64 },
+    InternalError {
+        suberror: Option<u32>,
+    },
+    FailEntry {
+        reason: u64,
+    },
     HaltedForever,
     GuestReported,
     UnexpectedExit(&'static str),
@@ -356,8 +370,7 @@ pub fn run<W: Write + Send + 'static>(config: &VmConfig, console: W) -> Result<V
     let mut mmio = Bus::new();
     let requested =
         Requested { disks: &config.disks, nets: &config.nets, consoles: &config.consoles, notify: config.notify };
-    let (device_words, notifiers) =
-        crate::virtio::attach(requested, &mem, &vm, irqchip, &boot_idle.wakeup, &mut mmio)?;
+    let (device_words, notifiers) = crate::virtio::attach(requested, &mem, &vm, irqchip, &boot_idle.wakeup, &mut mmio)?;
     let loaded = kernel.load(&mem)?;
     let words = std::iter::once(cmdline_text.to_string()).chain(device_words).filter(|w| !w.is_empty());
     let guest_words = words.collect::<Vec<_>>().join(" ");

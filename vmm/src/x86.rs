@@ -8,7 +8,7 @@ use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, CpuId};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{BOOT_GDT, BOOT_IDT, BOOT_STACK_TOP, PD_BASE, PD_COUNT, PDPT, PML4, ZERO_PAGE};
+use crate::layout::{BOOT_GDT, BOOT_IDT, BOOT_STACK_TOP, PDPT, PD_BASE, PD_COUNT, PML4, ZERO_PAGE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum X86Error {

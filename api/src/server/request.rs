@@ -251,7 +251,9 @@ pub fn vm(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Launc
             option.push_str(&format!(",serial={serial}"));
         }
         args.push(format!("--disk={option}"));
-        disks.push(json!({ "path": path_value(&path), "read_only": disk.read_only.unwrap_or(false), "serial": disk.serial }));
+        disks.push(
+            json!({ "path": path_value(&path), "read_only": disk.read_only.unwrap_or(false), "serial": disk.serial }),
+        );
     }
     if !disks.is_empty() {
         obj.insert("disks".into(), Value::Array(disks));

@@ -76,7 +76,8 @@ pub fn read_job(disk: &mut Blk) -> Result<Job, TarError> {
         if header.iter().all(|b| *b == 0) {
             break;
         }
-        let checksum: u64 = header.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) }).sum();
+        let checksum: u64 =
+            header.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) }).sum();
         let size = octal(&header[124..136]).ok_or(TarError::BadHeader(offset))?;
         if octal(&header[148..156]) != Some(checksum) || &header[257..262] != b"ustar" {
             return Err(TarError::BadHeader(offset));

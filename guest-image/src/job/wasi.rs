@@ -62,8 +62,15 @@ enum Fd {
     InDir,
     /// A directory under /out, by path (empty: /out itself).
     OutDir(Vec<String>),
-    InFile { index: usize, pos: u64 },
-    OutFile { path: Vec<String>, pos: u64, append: bool },
+    InFile {
+        index: usize,
+        pos: u64,
+    },
+    OutFile {
+        path: Vec<String>,
+        pos: u64,
+        append: bool,
+    },
 }
 
 pub struct Wasi {
@@ -81,8 +88,21 @@ pub struct Wasi {
 type Errno = u16;
 
 impl Wasi {
-    pub fn new(args: Vec<Vec<u8>>, env: Vec<Vec<u8>>, inputs: Vec<InputFile>, job_disk: Blk, stdout: Output, stderr: Output) -> Wasi {
-        let fds = alloc::vec![Some(Fd::Stdin), Some(Fd::Stdout), Some(Fd::Stderr), Some(Fd::InDir), Some(Fd::OutDir(Vec::new()))];
+    pub fn new(
+        args: Vec<Vec<u8>>,
+        env: Vec<Vec<u8>>,
+        inputs: Vec<InputFile>,
+        job_disk: Blk,
+        stdout: Output,
+        stderr: Output,
+    ) -> Wasi {
+        let fds = alloc::vec![
+            Some(Fd::Stdin),
+            Some(Fd::Stdout),
+            Some(Fd::Stderr),
+            Some(Fd::InDir),
+            Some(Fd::OutDir(Vec::new()))
+        ];
         Wasi { args, env, fds, inputs, job_disk, out: Node::dir(), stdout, stderr, entropy: Entropy::from_host() }
     }
 
@@ -149,7 +169,10 @@ fn put(mem: &mut [u8], ptr: u32, data: &[u8]) -> Result<(), Errno> {
 /// The (pointer, length) pairs of an iovec array.
 fn iovecs(mem: &[u8], ptr: u32, count: u32) -> Result<Vec<(u32, u32)>, Errno> {
     let table = bytes(mem, ptr, count.checked_mul(8).ok_or(errno::FAULT)?)?;
-    Ok(table.chunks_exact(8).map(|e| (u32::from_le_bytes(e[..4].try_into().unwrap()), u32::from_le_bytes(e[4..].try_into().unwrap()))).collect())
+    Ok(table
+        .chunks_exact(8)
+        .map(|e| (u32::from_le_bytes(e[..4].try_into().unwrap()), u32::from_le_bytes(e[4..].try_into().unwrap())))
+        .collect())
 }
 
 /// Writes NUL-terminated strings and the pointers to them (args_get, environ_get).
@@ -187,7 +210,11 @@ fn fd_write(mem: &mut [u8], wasi: &mut Wasi, fd: i32, iovs: u32, count: u32, wri
             let to_stdout = matches!(wasi.fd(fd)?, Fd::Stdout);
             for (ptr, len) in iovs {
                 let data = bytes(mem, ptr, len)?;
-                if to_stdout { wasi.stdout.write(data) } else { wasi.stderr.write(data) }
+                if to_stdout {
+                    wasi.stdout.write(data)
+                } else {
+                    wasi.stderr.write(data)
+                }
                 written += len;
             }
         }
@@ -447,7 +474,15 @@ fn path_remove(mem: &mut [u8], wasi: &mut Wasi, dirfd: i32, path: (u32, u32), di
     Ok(())
 }
 
-fn fd_readdir(mem: &mut [u8], wasi: &mut Wasi, fd: i32, buf: u32, buf_len: u32, cookie: u64, used_ptr: u32) -> Result<(), Errno> {
+fn fd_readdir(
+    mem: &mut [u8],
+    wasi: &mut Wasi,
+    fd: i32,
+    buf: u32,
+    buf_len: u32,
+    cookie: u64,
+    used_ptr: u32,
+) -> Result<(), Errno> {
     let names: Vec<(Vec<u8>, u8)> = match wasi.fd(fd)? {
         Fd::InDir => wasi.inputs.iter().map(|f| (f.name.as_bytes().to_vec(), FILETYPE_REGULAR_FILE)).collect(),
         Fd::OutDir(path) => {
@@ -456,7 +491,8 @@ fn fd_readdir(mem: &mut [u8], wasi: &mut Wasi, fd: i32, buf: u32, buf_len: u32, 
                 Some(Node::Dir(entries)) => entries
                     .iter()
                     .map(|(name, node)| {
-                        let kind = if matches!(node, Node::Dir(_)) { FILETYPE_DIRECTORY } else { FILETYPE_REGULAR_FILE };
+                        let kind =
+                            if matches!(node, Node::Dir(_)) { FILETYPE_DIRECTORY } else { FILETYPE_REGULAR_FILE };
                         (name.as_bytes().to_vec(), kind)
                     })
                     .collect(),
@@ -487,7 +523,14 @@ fn fd_readdir(mem: &mut [u8], wasi: &mut Wasi, fd: i32, buf: u32, buf_len: u32, 
 
 /// Waits for the earliest clock subscription; other subscriptions are ready
 /// at once (stdin is at its end, output never blocks).
-fn poll_oneoff(mem: &mut [u8], wasi: &mut Wasi, subs: u32, events: u32, count: u32, nevents_ptr: u32) -> Result<(), Errno> {
+fn poll_oneoff(
+    mem: &mut [u8],
+    wasi: &mut Wasi,
+    subs: u32,
+    events: u32,
+    count: u32,
+    nevents_ptr: u32,
+) -> Result<(), Errno> {
     if count == 0 {
         return Err(errno::INVAL);
     }
@@ -596,14 +639,22 @@ pub fn link(linker: &mut Linker<Wasi>) -> Result<(), wasmi::Error> {
     wasi!(linker, "clock_time_get", |mem, _wasi, id: i32, _precision: i64, ptr: u32| {
         clock_now(id).and_then(|t| put(mem, ptr, &t.to_le_bytes()))
     });
-    wasi!(linker, "random_get", |mem, wasi, ptr: u32, len: u32| bytes_mut(mem, ptr, len).map(|buf| wasi.entropy.fill(buf)));
-    wasi!(linker, "fd_write", |mem, wasi, fd: i32, iovs: u32, count: u32, written: u32| fd_write(mem, wasi, fd, iovs, count, written));
-    wasi!(linker, "fd_read", |mem, wasi, fd: i32, iovs: u32, count: u32, read: u32| fd_read(mem, wasi, fd, iovs, count, read));
-    wasi!(linker, "fd_seek", |mem, wasi, fd: i32, offset: i64, whence: i32, result: u32| fd_seek(mem, wasi, fd, offset, whence, result));
+    wasi!(linker, "random_get", |mem, wasi, ptr: u32, len: u32| bytes_mut(mem, ptr, len)
+        .map(|buf| wasi.entropy.fill(buf)));
+    wasi!(linker, "fd_write", |mem, wasi, fd: i32, iovs: u32, count: u32, written: u32| fd_write(
+        mem, wasi, fd, iovs, count, written
+    ));
+    wasi!(linker, "fd_read", |mem, wasi, fd: i32, iovs: u32, count: u32, read: u32| fd_read(
+        mem, wasi, fd, iovs, count, read
+    ));
+    wasi!(linker, "fd_seek", |mem, wasi, fd: i32, offset: i64, whence: i32, result: u32| fd_seek(
+        mem, wasi, fd, offset, whence, result
+    ));
     wasi!(linker, "fd_tell", |mem, wasi, fd: i32, result: u32| fd_seek(mem, wasi, fd, 0, 1, result));
     wasi!(linker, "fd_close", |_mem, wasi, fd: i32| fd_close(wasi, fd));
     wasi!(linker, "fd_fdstat_get", |mem, wasi, fd: i32, ptr: u32| fd_fdstat_get(mem, wasi, fd, ptr));
-    wasi!(linker, "fd_filestat_get", |mem, wasi, fd: i32, ptr: u32| filestat_of(wasi, fd).and_then(|s| put(mem, ptr, &s)));
+    wasi!(linker, "fd_filestat_get", |mem, wasi, fd: i32, ptr: u32| filestat_of(wasi, fd)
+        .and_then(|s| put(mem, ptr, &s)));
     wasi!(linker, "fd_prestat_get", |mem, wasi, fd: i32, ptr: u32| {
         preopen_name(wasi, fd).and_then(|name| {
             let mut prestat = [0u8; 8];
@@ -619,7 +670,17 @@ pub fn link(linker: &mut Linker<Wasi>) -> Result<(), wasmi::Error> {
     });
     wasi!(linker, "fd_sync", |_mem, wasi, fd: i32| wasi.fd(fd).map(|_| ()));
     wasi!(linker, "fd_datasync", |_mem, wasi, fd: i32| wasi.fd(fd).map(|_| ()));
-    wasi!(linker, "path_open", |mem, wasi, dirfd: i32, _dirflags: i32, path: u32, path_len: u32, oflags: i32, _rights: i64, _inheriting: i64, fdflags: i32, fd: u32| {
+    wasi!(linker, "path_open", |mem,
+                                wasi,
+                                dirfd: i32,
+                                _dirflags: i32,
+                                path: u32,
+                                path_len: u32,
+                                oflags: i32,
+                                _rights: i64,
+                                _inheriting: i64,
+                                fdflags: i32,
+                                fd: u32| {
         path_open(mem, wasi, dirfd, (path, path_len), oflags, fdflags, fd)
     });
     wasi!(linker, "path_filestat_get", |mem, wasi, dirfd: i32, _flags: i32, path: u32, path_len: u32, buf: u32| {
@@ -638,7 +699,9 @@ pub fn link(linker: &mut Linker<Wasi>) -> Result<(), wasmi::Error> {
         poll_oneoff(mem, wasi, subs, events, count, nevents)
     });
     linker.func_wrap(MODULE, "sched_yield", || -> i32 { 0 })?;
-    linker.func_wrap(MODULE, "proc_exit", |code: i32| -> Result<(), wasmi::Error> { Err(wasmi::Error::i32_exit(code)) })?;
+    linker.func_wrap(MODULE, "proc_exit", |code: i32| -> Result<(), wasmi::Error> {
+        Err(wasmi::Error::i32_exit(code))
+    })?;
     unsupported!(linker,
         "fd_advise": (i32, i64, i64, i32),
         "fd_allocate": (i32, i64, i64),

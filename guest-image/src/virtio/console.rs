@@ -37,7 +37,14 @@ impl OutputStream {
         mmio.setup_queue(RECEIVE, &receive)?;
         mmio.setup_queue(TRANSMIT, &transmit)?;
         mmio.driver_ok();
-        Ok(OutputStream { mmio, _receive: receive, transmit, buffer: Vec::with_capacity(BUFFER_LEN), last_handover_ns: 0, broken: false })
+        Ok(OutputStream {
+            mmio,
+            _receive: receive,
+            transmit,
+            buffer: Vec::with_capacity(BUFFER_LEN),
+            last_handover_ns: 0,
+            broken: false,
+        })
     }
 
     pub fn write(&mut self, mut data: &[u8]) {

@@ -40,7 +40,10 @@ pub enum InitError {
     MissingFeatures(u64),
     /// The device refused the features (FEATURES_OK did not stick).
     FeaturesRefused,
-    QueueTooSmall { index: u16, max: u16 },
+    QueueTooSmall {
+        index: u16,
+        max: u16,
+    },
 }
 
 impl core::fmt::Debug for InitError {
@@ -138,7 +141,11 @@ impl Mmio {
             return Err(InitError::QueueTooSmall { index, max });
         }
         self.write(QUEUE_NUM, u32::from(queue.size()));
-        for (low, addr) in [(QUEUE_DESC_LOW, queue.desc_addr()), (QUEUE_DRIVER_LOW, queue.avail_addr()), (QUEUE_DEVICE_LOW, queue.used_addr())] {
+        for (low, addr) in [
+            (QUEUE_DESC_LOW, queue.desc_addr()),
+            (QUEUE_DRIVER_LOW, queue.avail_addr()),
+            (QUEUE_DEVICE_LOW, queue.used_addr()),
+        ] {
             self.write(low, addr as u32);
             self.write(low + 4, (addr >> 32) as u32);
         }

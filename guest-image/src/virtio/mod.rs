@@ -51,14 +51,18 @@ fn parse_window(spec: &[u8]) -> Option<Window> {
 
 fn parse_number(text: &[u8]) -> Option<u64> {
     match text.strip_prefix(b"0x") {
-        Some(hex) if !hex.is_empty() => hex.iter().try_fold(0u64, |n, d| {
-            n.checked_mul(16)?.checked_add(u64::from(char::from(*d).to_digit(16)?))
-        }),
+        Some(hex) if !hex.is_empty() => {
+            hex.iter().try_fold(0u64, |n, d| n.checked_mul(16)?.checked_add(u64::from(char::from(*d).to_digit(16)?)))
+        }
         _ => parse_u64(text),
     }
 }
 
 /// The devices of one kind, in command-line order.
 pub fn find(cmdline: &[u8], device_type: u32) -> Vec<mmio::Mmio> {
-    windows(cmdline).iter().filter_map(|w| mmio::Mmio::probe(w.base)).filter(|m| m.device_type() == device_type).collect()
+    windows(cmdline)
+        .iter()
+        .filter_map(|w| mmio::Mmio::probe(w.base))
+        .filter(|m| m.device_type() == device_type)
+        .collect()
 }

@@ -44,8 +44,16 @@ impl Net {
         for (i, byte) in mac.iter_mut().enumerate() {
             *byte = mmio.config_u8(i as u64);
         }
-        let mut net =
-            Net { mmio, rx, tx, rx_buffers: Vec::new(), tx_in_flight: Vec::new(), tx_queued: false, rx_returned: false, mac };
+        let mut net = Net {
+            mmio,
+            rx,
+            tx,
+            rx_buffers: Vec::new(),
+            tx_in_flight: Vec::new(),
+            tx_queued: false,
+            rx_returned: false,
+            mac,
+        };
         for _ in 0..QUEUE_SIZE {
             net.post_rx(Box::new([0; BUFFER_LEN]));
         }

@@ -32,7 +32,11 @@ pub struct Buffer {
 
 impl Buffer {
     pub fn readable<T: ?Sized>(data: &T) -> Buffer {
-        Buffer { addr: data as *const T as *const u8 as u64, len: core::mem::size_of_val(data) as u32, device_writes: false }
+        Buffer {
+            addr: data as *const T as *const u8 as u64,
+            len: core::mem::size_of_val(data) as u32,
+            device_writes: false,
+        }
     }
 
     pub fn writable<T: ?Sized>(data: &mut T) -> Buffer {

@@ -210,8 +210,13 @@ impl VirtioBlock {
         let result = chain::drain(&mut active.queue, mem, &mut self.chain, |chain| {
             handle_request(disk, mem, chain, metrics, log)
         });
-        active.broken =
-            chain::settle(result, &active.interrupt, &self.metrics.broken_queue, &self.log, "virtio-blk: request queue");
+        active.broken = chain::settle(
+            result,
+            &active.interrupt,
+            &self.metrics.broken_queue,
+            &self.log,
+            "virtio-blk: request queue",
+        );
     }
 }
 

@@ -167,7 +167,8 @@ impl VirtioConsole {
         });
         // Chains taken before a breakage are output and in the used ring.
         output.finish_batch(metrics);
-        active.broken = chain::settle(result, &active.interrupt, &metrics.broken_queue, log, "virtio-console: transmitq");
+        active.broken =
+            chain::settle(result, &active.interrupt, &metrics.broken_queue, log, "virtio-console: transmitq");
     }
 }
 

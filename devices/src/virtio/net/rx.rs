@@ -93,7 +93,13 @@ impl RxWorker {
                 }
             }
             let result = self.deliver();
-            if chain::settle(result, &self.p.interrupt, &self.p.metrics.broken_queue, &self.p.log, "virtio-net: RX queue") {
+            if chain::settle(
+                result,
+                &self.p.interrupt,
+                &self.p.metrics.broken_queue,
+                &self.p.log,
+                "virtio-net: RX queue",
+            ) {
                 // Touch the queue no more; a reset joins this ended thread.
                 return;
             }
