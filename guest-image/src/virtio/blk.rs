@@ -3,15 +3,11 @@
 
 use alloc::boxed::Box;
 
-use super::mmio::{InitError, Mmio, STATUS_NEEDS_RESET};
+use super::mmio::{InitError, Mmio};
 use super::queue::{Buffer, Descriptor, Virtqueue};
-use crate::idle::halt_until;
-use crate::time::monotonic_ns;
 
 pub const SECTOR: usize = 512;
 const QUEUE_SIZE: u16 = 16;
-/// How long the driver polls for an answer before it halts.
-const SPIN_NS: u64 = 200_000;
 
 const F_RO: u64 = 1 << 5;
 const F_FLUSH: u64 = 1 << 9;
@@ -79,25 +75,9 @@ impl Blk {
         }
     }
 
-    /// Waits for the device to use the outstanding chain: mvm's device has
-    /// usually done so during the notify exit; one working on its own thread
-    /// (ioeventfd notifications) answers within microseconds, so the driver
-    /// polls a while before it halts.
+    /// Waits for the device to use the outstanding chain.
     fn wait(&mut self) -> Result<(), BlkError> {
-        let spin_until = monotonic_ns() + SPIN_NS;
-        loop {
-            if self.queue.pop_used().is_some() {
-                return Ok(());
-            }
-            if monotonic_ns() < spin_until {
-                core::hint::spin_loop();
-                continue;
-            }
-            if self.mmio.status() & STATUS_NEEDS_RESET != 0 {
-                return Err(BlkError::DeviceBroken);
-            }
-            halt_until(monotonic_ns() + 10_000_000);
-        }
+        self.mmio.wait_used(&mut self.queue).map_err(|_| BlkError::DeviceBroken)
     }
 
     fn transfer(&mut self, kind: u32, sector: u64, data: Buffer) -> Result<(), BlkError> {

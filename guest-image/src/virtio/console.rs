@@ -7,9 +7,8 @@
 
 use alloc::vec::Vec;
 
-use super::mmio::{InitError, Mmio, STATUS_NEEDS_RESET};
+use super::mmio::{InitError, Mmio};
 use super::queue::{Buffer, Virtqueue};
-use crate::idle::halt_until;
 use crate::time::monotonic_ns;
 
 const RECEIVE: u16 = 0;
@@ -73,15 +72,7 @@ impl OutputStream {
             return;
         }
         self.mmio.notify(TRANSMIT);
-        // mvm's device consumes the chain during the notify exit; the loop is
-        // for a device that does not.
-        while self.transmit.pop_used().is_none() {
-            if self.mmio.status() & STATUS_NEEDS_RESET != 0 {
-                self.broken = true;
-                break;
-            }
-            halt_until(monotonic_ns() + 1_000_000);
-        }
+        self.broken = self.mmio.wait_used(&mut self.transmit).is_err();
         self.buffer.clear();
     }
 }

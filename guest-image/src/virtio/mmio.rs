@@ -5,6 +5,8 @@ use core::arch::asm;
 use core::ptr::read_volatile;
 
 use super::queue::Virtqueue;
+use crate::idle::halt_until;
+use crate::time::monotonic_ns;
 
 const MAGIC: u64 = 0x000;
 const VERSION: u64 = 0x004;
@@ -34,6 +36,14 @@ pub const STATUS_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
 
 pub const F_VERSION_1: u64 = 1 << 32;
+
+/// How long a driver polls for a used chain before it halts, and for how long
+/// at a time it halts then.
+const SPIN_NS: u64 = 200_000;
+const HALT_STEP_NS: u64 = 1_000_000;
+
+/// The device set DEVICE_NEEDS_RESET.
+pub struct DeviceBroken;
 
 pub enum InitError {
     /// The device does not offer what the driver needs.
@@ -159,5 +169,27 @@ impl Mmio {
 
     pub fn notify(&self, index: u16) {
         self.write(QUEUE_NOTIFY, u32::from(index));
+    }
+
+    /// Waits until the device has used a chain of `queue`; Err when the
+    /// device marked itself broken (DEVICE_NEEDS_RESET). mvm's devices have
+    /// usually done so during the notify exit; one working on its own thread
+    /// (ioeventfd notifications) answers within microseconds, so the driver
+    /// polls a while, then halts in short steps.
+    pub fn wait_used(&self, queue: &mut Virtqueue) -> Result<(), DeviceBroken> {
+        let spin_until = monotonic_ns() + SPIN_NS;
+        loop {
+            if queue.pop_used().is_some() {
+                return Ok(());
+            }
+            if monotonic_ns() < spin_until {
+                core::hint::spin_loop();
+                continue;
+            }
+            if self.status() & STATUS_NEEDS_RESET != 0 {
+                return Err(DeviceBroken);
+            }
+            halt_until(monotonic_ns() + HALT_STEP_NS);
+        }
     }
 }
