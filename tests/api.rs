@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kvm_or_skip, mvm, text};
+use common::{mvm, text};
 use serde_json::{json, Value};
 
 const HELLO: &str = "hello from a WebAssembly job in its own VM\n";
@@ -214,10 +214,9 @@ fn nap() -> Value {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_job_runs_and_its_record_logs_and_deletion_work() {
-    if !kvm_or_skip("a_job_runs_and_its_record_logs_and_deletion_work") {
-        return;
-    }
+    common::require_kvm();
     let root = files_root();
     let daemon = Daemon::start(root.path(), &[]);
     let mode = std::fs::metadata(&daemon.socket).unwrap().permissions().mode() & 0o777;
@@ -261,10 +260,9 @@ fn a_job_runs_and_its_record_logs_and_deletion_work() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn logs_follow_streams_until_the_job_ends() {
-    if !kvm_or_skip("logs_follow_streams_until_the_job_ends") {
-        return;
-    }
+    common::require_kvm();
     let root = files_root();
     let daemon = Daemon::start(root.path(), &[]);
     let id = daemon.create(json!({ "guest": { "memory_mib": 16 }, "run": { "wasm": "sleeper/sleeper.wat" } }));
@@ -278,10 +276,9 @@ fn logs_follow_streams_until_the_job_ends() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn pause_stops_all_cpu_use_until_resume_and_kill_ends_the_job() {
-    if !kvm_or_skip("pause_stops_all_cpu_use_until_resume_and_kill_ends_the_job") {
-        return;
-    }
+    common::require_kvm();
     let root = files_root();
     let daemon = Daemon::start(root.path(), &[]);
     let id = daemon.create(json!({ "guest": { "memory_mib": 16, "timeout_s": 120 }, "run": { "wasm": "spin.wat" } }));
@@ -322,10 +319,9 @@ fn pause_stops_all_cpu_use_until_resume_and_kill_ends_the_job() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn records_survive_a_restart_and_jobs_that_were_running_are_lost() {
-    if !kvm_or_skip("records_survive_a_restart_and_jobs_that_were_running_are_lost") {
-        return;
-    }
+    common::require_kvm();
     let root = files_root();
     let daemon = Daemon::start(root.path(), &[]);
     let done = daemon.create(hello());
@@ -358,10 +354,9 @@ fn records_survive_a_restart_and_jobs_that_were_running_are_lost() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn fifty_jobs_at_once_all_finish_with_their_outputs() {
-    if !kvm_or_skip("fifty_jobs_at_once_all_finish_with_their_outputs") {
-        return;
-    }
+    common::require_kvm();
     let root = files_root();
     let daemon = Daemon::start(root.path(), &[]);
     let body = json!({ "guest": { "memory_mib": 16, "timeout_s": 60 }, "run": { "wasm": "outputs/outputs.wat" } });
@@ -401,10 +396,9 @@ fn fifty_jobs_at_once_all_finish_with_their_outputs() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn bad_requests_get_4xx_naming_the_field_and_create_nothing() {
-    if !kvm_or_skip("bad_requests_get_4xx_naming_the_field_and_create_nothing") {
-        return;
-    }
+    common::require_kvm();
     let root = files_root();
     let outside = tempfile::NamedTempFile::new().unwrap();
     let daemon = Daemon::start(root.path(), &["--max-running", "1"]);
@@ -491,10 +485,9 @@ fn bad_requests_get_4xx_naming_the_field_and_create_nothing() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_vm_boots_streams_its_console_and_can_be_stopped() {
-    if !kvm_or_skip("a_vm_boots_streams_its_console_and_can_be_stopped") {
-        return;
-    }
+    common::require_kvm();
     let root = files_root();
     let daemon = Daemon::start(root.path(), &[]);
     let (status, vm) = daemon.call("POST", "/v1/vms", Some(&json!({ "memory_mib": 16, "cmdline": "mvm.exit=3" })));
@@ -520,10 +513,9 @@ fn a_vm_boots_streams_its_console_and_can_be_stopped() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn up_remote_streams_and_ends_like_a_local_run() {
-    if !kvm_or_skip("up_remote_streams_and_ends_like_a_local_run") {
-        return;
-    }
+    common::require_kvm();
     let root = files_root();
     let daemon = Daemon::start(root.path(), &[]);
     let remote = |job: &str, extra: &[&str]| {

@@ -6,17 +6,16 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{boot, expected_mode, guest_elf, kvm_or_skip, mvm, run, text};
+use common::{boot, expected_mode, guest_elf, mvm, run, text};
 
 const MVM_ERROR: i32 = 125;
 const TIMEOUT: i32 = 124;
 const CRASHED: i32 = 123;
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn builtin_guest_prints_banner_and_exits_zero() {
-    if !kvm_or_skip("builtin_guest_prints_banner_and_exits_zero") {
-        return;
-    }
+    common::require_kvm();
     let mode = expected_mode();
     let (code, stdout, stderr) = boot(&["--cmdline", "hello world"]);
     assert_eq!(code, 0, "stderr: {stderr}");
@@ -30,10 +29,9 @@ fn builtin_guest_prints_banner_and_exits_zero() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn guest_exit_status_passes_through() {
-    if !kvm_or_skip("guest_exit_status_passes_through") {
-        return;
-    }
+    common::require_kvm();
     for status in ["1", "42", "255"] {
         let (code, stdout, _) = boot(&["--cmdline", &format!("mvm.exit={status}")]);
         assert_eq!(code.to_string(), status, "stdout: {stdout}");
@@ -41,10 +39,9 @@ fn guest_exit_status_passes_through() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn banner_reports_the_memory_size() {
-    if !kvm_or_skip("banner_reports_the_memory_size") {
-        return;
-    }
+    common::require_kvm();
     for mib in ["4", "37", "3500"] {
         let (code, stdout, stderr) = boot(&["--memory-mib", mib]);
         assert_eq!(code, 0, "{stderr}");
@@ -53,19 +50,17 @@ fn banner_reports_the_memory_size() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn several_vcpus_boot() {
-    if !kvm_or_skip("several_vcpus_boot") {
-        return;
-    }
+    common::require_kvm();
     let (code, stdout, stderr) = boot(&["--vcpus", "4", "--cmdline", "mvm.exit=4"]);
     assert_eq!(code, 4, "{stdout}{stderr}");
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn kernel_from_a_file_boots_with_the_irqchip() {
-    if !kvm_or_skip("kernel_from_a_file_boots_with_the_irqchip") {
-        return;
-    }
+    common::require_kvm();
     let elf = guest_elf();
     let (code, stdout, stderr) = boot(&["--kernel", elf.to_str().unwrap(), "--cmdline", "mvm.exit=3"]);
     assert_eq!(code, 3, "{stdout}{stderr}");
@@ -73,10 +68,9 @@ fn kernel_from_a_file_boots_with_the_irqchip() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn guest_panic_is_reported_with_its_status() {
-    if !kvm_or_skip("guest_panic_is_reported_with_its_status") {
-        return;
-    }
+    common::require_kvm();
     let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=panic"]);
     assert_eq!(code, 101);
     assert!(stdout.contains("guest panic: panicked at"), "{stdout}");
@@ -85,20 +79,18 @@ fn guest_panic_is_reported_with_its_status() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn bad_guest_argument_panics_in_the_guest() {
-    if !kvm_or_skip("bad_guest_argument_panics_in_the_guest") {
-        return;
-    }
+    common::require_kvm();
     let (code, stdout, _) = boot(&["--cmdline", "mvm.exit=256"]);
     assert_eq!(code, 101);
     assert!(stdout.contains("mvm.exit=256: expected a status from 0 to 255"), "{stdout}");
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn triple_fault_is_reported_with_rip() {
-    if !kvm_or_skip("triple_fault_is_reported_with_rip") {
-        return;
-    }
+    common::require_kvm();
     let (code, _, stderr) = boot(&["--cmdline", "mvm.test=triple-fault"]);
     assert_eq!(code, CRASHED, "{stderr}");
     assert!(stderr.contains("mvm: guest crashed (triple fault) at rip=0x"), "{stderr}");
@@ -106,10 +98,9 @@ fn triple_fault_is_reported_with_rip() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn spinning_guest_is_stopped_by_the_timeout() {
-    if !kvm_or_skip("spinning_guest_is_stopped_by_the_timeout") {
-        return;
-    }
+    common::require_kvm();
     let started = std::time::Instant::now();
     let (code, _, stderr) = boot(&["--cmdline", "mvm.test=spin", "--timeout-s", "0.5"]);
     assert_eq!(code, TIMEOUT, "{stderr}");
@@ -139,41 +130,34 @@ fn a_device_that_is_not_kvm_says_so() {
     assert!(text(&out.stderr).contains("/dev/null: not a KVM device"), "{}", text(&out.stderr));
 }
 
-/// Runs mvm as an unprivileged user: as `nobody` through setpriv when the
-/// tests run as root, as the user otherwise. None when that cannot be done.
-fn unprivileged(args: &[&str]) -> Option<std::process::Output> {
+/// Runs mvm as an unprivileged user: as `nobody` through setpriv (util-linux,
+/// which scripts/setup installs) when the tests run as root, as the user
+/// otherwise.
+fn unprivileged(args: &[&str]) -> std::process::Output {
     let mut cmd = if common::is_root() {
-        if run(std::process::Command::new("setpriv").arg("--version")).status.code() != Some(0) {
-            return None;
-        }
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_mvm")]);
         c
     } else {
         mvm()
     };
-    Some(run(cmd.args(args)))
+    run(cmd.args(args))
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+#[cfg_attr(mvm_skip_root, ignore = "needs root to make a device node: MVM_SKIP_ROOT=1")]
 fn inaccessible_kvm_device_says_how_to_fix_it() {
-    if !kvm_or_skip("inaccessible_kvm_device_says_how_to_fix_it") {
-        return;
-    }
+    common::require_kvm();
+    common::require_root();
     let dir = tempfile::tempdir().unwrap();
     // A KVM device node only root may open, whatever /dev/kvm's own mode is.
     let node = dir.path().join("kvm");
     let made = std::process::Command::new("mknod").arg(&node).args(["c", "10", "232"]).status();
-    if !common::is_root() || !made.is_ok_and(|s| s.success()) {
-        common::skipped("inaccessible_kvm_device_says_how_to_fix_it", "needs root to make a device node");
-        return;
-    }
+    assert!(made.is_ok_and(|s| s.success()), "mknod {} failed", node.display());
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(out) = unprivileged(&["--kvm-device", node.to_str().unwrap(), "boot"]) else {
-        common::skipped("inaccessible_kvm_device_says_how_to_fix_it", "setpriv is missing");
-        return;
-    };
+    let out = unprivileged(&["--kvm-device", node.to_str().unwrap(), "boot"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(MVM_ERROR), "{stderr}");
     assert!(stderr.contains("permission denied: add your user to the kvm group"), "{stderr}");
@@ -191,10 +175,7 @@ fn unreadable_kernel_file() {
     std::fs::copy(guest_elf(), &kernel).unwrap();
     std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(out) = unprivileged(&["boot", "--kernel", kernel.to_str().unwrap()]) else {
-        common::skipped("unreadable_kernel_file", "setpriv is missing");
-        return;
-    };
+    let out = unprivileged(&["boot", "--kernel", kernel.to_str().unwrap()]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(MVM_ERROR), "{stderr}");
     assert!(stderr.contains(&format!("kernel {}: cannot read", kernel.display())), "{stderr}");
@@ -254,11 +235,14 @@ fn memory_larger_than_the_host() {
 }
 
 #[test]
-fn vcpu_count_out_of_range() {
+fn zero_vcpus_are_refused() {
     assert_error(&["--vcpus", "0"], "--vcpus must be at least 1");
-    if !kvm_or_skip("vcpu_count_out_of_range") {
-        return;
-    }
+}
+
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn more_vcpus_than_kvm_allows_are_refused() {
+    common::require_kvm();
     let too_many = (common::max_vcpus() + 1).to_string();
     assert_error(&["--vcpus", &too_many], "but this host's KVM allows at most");
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{kvm_or_skip, mvm, text};
+use common::{mvm, text};
 
 const TRAP: i32 = 121;
 const OUT_OF_MEMORY: i32 = 122;
@@ -38,10 +38,9 @@ fn last_line(out: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn hello_example() {
-    if !kvm_or_skip("hello_example") {
-        return;
-    }
+    common::require_kvm();
     let out = up(&example("hello/job.toml"), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello from a WebAssembly job in its own VM\n");
@@ -49,10 +48,9 @@ fn hello_example() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn wordcount_example_reads_its_input_and_writes_an_output() {
-    if !kvm_or_skip("wordcount_example_reads_its_input_and_writes_an_output") {
-        return;
-    }
+    common::require_kvm();
     let dir = example("wordcount");
     assert!(
         dir.join("wc.wasm").exists(),
@@ -75,10 +73,9 @@ fn wordcount_example_reads_its_input_and_writes_an_output() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn outputs_example_brings_back_every_file() {
-    if !kvm_or_skip("outputs_example_brings_back_every_file") {
-        return;
-    }
+    common::require_kvm();
     let work = tempfile::tempdir().unwrap();
     for file in ["job.toml", "outputs.wat"] {
         std::fs::copy(example("outputs").join(file), work.path().join(file)).unwrap();
@@ -99,30 +96,27 @@ fn outputs_example_brings_back_every_file() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn memory_hog_ends_out_of_memory() {
-    if !kvm_or_skip("memory_hog_ends_out_of_memory") {
-        return;
-    }
+    common::require_kvm();
     let out = up(&example("memhog/job.toml"), &[]);
     assert_eq!(out.status.code(), Some(OUT_OF_MEMORY), "{}", text(&out.stderr));
     assert_eq!(last_line(&out), "mvm: job memhog ended: out of memory (guest RAM 24 MiB)");
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn cpu_example_runs_under_its_quota() {
-    if !kvm_or_skip("cpu_example_runs_under_its_quota") {
-        return;
-    }
+    common::require_kvm();
     let out = up(&example("cpu/job.toml"), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "done\n");
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_sleeping_job_uses_no_cpu() {
-    if !kvm_or_skip("a_sleeping_job_uses_no_cpu") {
-        return;
-    }
+    common::require_kvm();
     let (code, cpu, stdout) = common::run_measuring_cpu(mvm().arg("up").arg(example("sleeper/job.toml")));
     assert_eq!(code, 0);
     assert_eq!(stdout, "slept 2 s\n");
@@ -169,10 +163,9 @@ fn inline_job(module: &str, guest: &str) -> tempfile::TempDir {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn every_way_a_job_ends() {
-    if !kvm_or_skip("every_way_a_job_ends") {
-        return;
-    }
+    common::require_kvm();
     let dir = inline_job(EXIT_7, "");
     let out = up(&dir.path().join("job.toml"), &[]);
     assert_eq!((out.status.code(), last_line(&out)), (Some(7), "mvm: job t ended: exit 7".to_string()));
@@ -192,10 +185,9 @@ fn every_way_a_job_ends() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn stdout_and_stderr_stay_separate_and_randomness_comes_from_the_host() {
-    if !kvm_or_skip("stdout_and_stderr_stay_separate_and_randomness_comes_from_the_host") {
-        return;
-    }
+    common::require_kvm();
     let dir = inline_job(STREAMS, "");
     let first = up(&dir.path().join("job.toml"), &[]);
     let second = up(&dir.path().join("job.toml"), &[]);
@@ -229,10 +221,9 @@ fn bad_job_files_name_the_key_and_line() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn an_interrupted_job_leaves_no_files_behind() {
-    if !kvm_or_skip("an_interrupted_job_leaves_no_files_behind") {
-        return;
-    }
+    common::require_kvm();
     let tmp = tempfile::tempdir().unwrap();
     let child = mvm()
         .arg("up")

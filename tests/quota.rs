@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{boot, kvm_or_skip, mvm};
+use common::{boot, mvm};
 
 const MVM_ERROR: i32 = 125;
 const TIMEOUT: i32 = 124;
@@ -78,10 +78,9 @@ const LOOP: &str = "mvm.test=cpu:400000000";
 /// A quarter of a core: the loop takes about 4 times as long as unthrottled,
 /// and mvm uses about a quarter of its wall time in CPU time.
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_quarter_core_quota_gives_a_busy_guest_a_quarter_core() {
-    if !kvm_or_skip("a_quarter_core_quota_gives_a_busy_guest_a_quarter_core") {
-        return;
-    }
+    common::require_kvm();
     let _serial = one_at_a_time();
     // The faster of two: other work on the host slows an unthrottled guest
     // more than a throttled one, which needs only a quarter of a core.
@@ -101,10 +100,9 @@ fn a_quarter_core_quota_gives_a_busy_guest_a_quarter_core() {
 /// The vCPU is parked most of the time at a quota of 0.1; the timeout still
 /// stops the VM on time.
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_throttled_vm_still_stops_at_its_timeout() {
-    if !kvm_or_skip("a_throttled_vm_still_stops_at_its_timeout") {
-        return;
-    }
+    common::require_kvm();
     let _serial = one_at_a_time();
     let run = measure(&["boot", "--cpu-quota", "0.1", "--timeout-s", "1", "--cmdline", "mvm.test=spin"]);
     assert_eq!(run.code, TIMEOUT, "{}", run.output);
@@ -117,10 +115,9 @@ fn a_throttled_vm_still_stops_at_its_timeout() {
 /// A sleeping guest uses almost no CPU, so its quota never parks it: it
 /// wakes on time and costs nothing meanwhile.
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_throttled_sleeping_guest_wakes_on_time() {
-    if !kvm_or_skip("a_throttled_sleeping_guest_wakes_on_time") {
-        return;
-    }
+    common::require_kvm();
     let _serial = one_at_a_time();
     let run = measure(&["boot", "--cpu-quota", "0.25", "--cmdline", "mvm.test=sleep:1000"]);
     assert_eq!(run.code, 0, "{}", run.output);
@@ -151,10 +148,9 @@ fn quotas_that_make_no_sense_are_refused() {
 
 /// All of the host's CPUs is the largest quota; it leaves a guest alone.
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn the_host_cpu_count_is_the_largest_quota() {
-    if !kvm_or_skip("the_host_cpu_count_is_the_largest_quota") {
-        return;
-    }
+    common::require_kvm();
     let (code, stdout, stderr) = boot(&["--cpu-quota", &host_cpus().to_string(), "--cmdline", "mvm.exit=7"]);
     assert_eq!(code, 7, "{stdout}{stderr}");
 }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{boot, kvm_or_skip, mvm};
+use common::{boot, mvm};
 
 const OUT_OF_MEMORY: i32 = 122;
 const CRASHED: i32 = 123;
@@ -25,10 +25,9 @@ const FAULTS: [(&str, &str); 7] = [
 ];
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn every_exception_is_reported_by_name_with_its_rip() {
-    if !kvm_or_skip("every_exception_is_reported_by_name_with_its_rip") {
-        return;
-    }
+    common::require_kvm();
     for (kind, report) in FAULTS {
         let (code, stdout, stderr) = boot(&["--cmdline", &format!("mvm.test=fault:{kind}")]);
         assert_eq!(code, CRASHED, "{kind}: {stdout}{stderr}");
@@ -44,10 +43,9 @@ fn every_exception_is_reported_by_name_with_its_rip() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn stack_overflow_is_named_as_such() {
-    if !kvm_or_skip("stack_overflow_is_named_as_such") {
-        return;
-    }
+    common::require_kvm();
     let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=fault:stack-overflow"]);
     assert_eq!(code, CRASHED);
     assert!(stderr.contains(", stack overflow) at rip="), "{stderr}");
@@ -71,10 +69,9 @@ fn field(line: &str, name: &str) -> u64 {
 /// Over a 10 s sleep, the guest's clocks run at the host's rate to 0.1%, and
 /// its wall clock reads the host's time.
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn guest_clocks_agree_with_the_host() {
-    if !kvm_or_skip("guest_clocks_agree_with_the_host") {
-        return;
-    }
+    common::require_kvm();
     let mut child = mvm()
         .args(["boot", "--cmdline", "mvm.test=sleep:10000", "--timeout-s", "60"])
         .stdout(Stdio::piped())
@@ -102,10 +99,9 @@ fn guest_clocks_agree_with_the_host() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_sleeping_guest_uses_no_host_cpu() {
-    if !kvm_or_skip("a_sleeping_guest_uses_no_host_cpu") {
-        return;
-    }
+    common::require_kvm();
     let started = Instant::now();
     let (code, cpu, stdout) = common::run_measuring_cpu(mvm().args(["boot", "--cmdline", "mvm.test=sleep:2000"]));
     assert_eq!(code, 0, "{stdout}");
@@ -115,10 +111,9 @@ fn a_sleeping_guest_uses_no_host_cpu() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_deadline_wakes_the_guest_on_time() {
-    if !kvm_or_skip("a_deadline_wakes_the_guest_on_time") {
-        return;
-    }
+    common::require_kvm();
     // Never early; within 1 ms in the best of three runs (scripts/bench-idle
     // measures the error properly), and never grossly late.
     let mut lateness = Vec::new();
@@ -136,10 +131,9 @@ fn a_deadline_wakes_the_guest_on_time() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn running_out_of_guest_memory_is_reported() {
-    if !kvm_or_skip("running_out_of_guest_memory_is_reported") {
-        return;
-    }
+    common::require_kvm();
     let (code, stdout, stderr) = boot(&["--memory-mib", "16", "--cmdline", "mvm.test=oom"]);
     assert_eq!(code, OUT_OF_MEMORY, "{stdout}{stderr}");
     assert!(stderr.contains("mvm: guest out of memory (guest RAM 16 MiB)"), "{stderr}");

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{boot, guest_elf, kvm_or_skip, skipped};
+use common::{boot, guest_elf};
 
 /// FNV-1a, 64 bits, as the guest computes it.
 fn fnv1a(data: &[u8]) -> u64 {
@@ -37,10 +37,9 @@ fn known_content(len: usize) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn guest_reads_a_disk_and_its_checksum_matches() {
-    if !kvm_or_skip("guest_reads_a_disk_and_its_checksum_matches") {
-        return;
-    }
+    common::require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let content = known_content(3 * 1024 * 1024 + 512);
     let disk = image(dir.path(), "data.img", &content);
@@ -56,10 +55,9 @@ fn guest_reads_a_disk_and_its_checksum_matches() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn guest_writes_a_second_disk_byte_for_byte() {
-    if !kvm_or_skip("guest_writes_a_second_disk_byte_for_byte") {
-        return;
-    }
+    common::require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let first = image(dir.path(), "first.img", &known_content(64 * 1024));
     let second = image(dir.path(), "second.img", &vec![0u8; 2 * 1024 * 1024]);
@@ -76,10 +74,9 @@ fn guest_writes_a_second_disk_byte_for_byte() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn read_only_disk_refuses_writes() {
-    if !kvm_or_skip("read_only_disk_refuses_writes") {
-        return;
-    }
+    common::require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let content = known_content(8192);
     let disk = image(dir.path(), "ro.img", &content);
@@ -90,10 +87,9 @@ fn read_only_disk_refuses_writes() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn malformed_requests_fail_and_good_ones_still_work() {
-    if !kvm_or_skip("malformed_requests_fail_and_good_ones_still_work") {
-        return;
-    }
+    common::require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let content = known_content(64 * 1024);
     let disk = image(dir.path(), "abuse.img", &content);
@@ -142,12 +138,10 @@ struct Netns {
 }
 
 impl Netns {
-    fn create(name: &str) -> Option<Netns> {
+    fn create(name: &str) -> Netns {
         let ok = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
         let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
-        if !ok(&["netns", "add", name]) {
-            return None;
-        }
+        assert!(ok(&["netns", "add", name]), "ip netns add {name} failed");
         let ns = Netns { name: name.to_string() };
         let setup = [
             vec!["tuntap", "add", "mvmtap0", "mode", "tap"],
@@ -158,11 +152,9 @@ impl Netns {
         for step in setup {
             let mut args = vec!["netns", "exec", name, "ip"];
             args.extend(step);
-            if !ok(&args) {
-                return None;
-            }
+            assert!(ok(&args), "ip {args:?} failed");
         }
-        Some(ns)
+        ns
     }
 
     fn exec(&self, program: &str) -> Command {
@@ -196,17 +188,12 @@ while True:
 "#;
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+#[cfg_attr(mvm_skip_root, ignore = "needs root for a network namespace and a TAP: MVM_SKIP_ROOT=1")]
 fn guest_talks_tcp_and_answers_ping_through_a_tap() {
-    if !kvm_or_skip("guest_talks_tcp_and_answers_ping_through_a_tap") {
-        return;
-    }
-    let Some(ns) = Netns::create(&format!("mvmtest{}", std::process::id())) else {
-        skipped(
-            "guest_talks_tcp_and_answers_ping_through_a_tap",
-            "needs CAP_NET_ADMIN to make a network namespace and a TAP",
-        );
-        return;
-    };
+    common::require_kvm();
+    common::require_root();
+    let ns = Netns::create(&format!("mvmtest{}", std::process::id()));
     let mvm = env!("CARGO_BIN_EXE_mvm");
     let net_args = ["--net", "tap=mvmtap0,mac=52:54:00:12:34:56"];
     let cmdline = "mvm.ip=10.0.0.2/24 mvm.gw=10.0.0.1";
@@ -255,10 +242,9 @@ fn guest_talks_tcp_and_answers_ping_through_a_tap() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn missing_tap_without_privilege_says_how_to_fix_it() {
-    if !kvm_or_skip("missing_tap_without_privilege_says_how_to_fix_it") {
-        return;
-    }
+    common::require_kvm();
     if !common::is_root() {
         let (code, _, stderr) = boot(&["--net", "tap=mvmnotap0"]);
         assert_eq!(code, 125);
@@ -276,11 +262,8 @@ fn missing_tap_without_privilege_says_how_to_fix_it() {
             "--net",
             "tap=mvmnotap0",
         ])
-        .output();
-    let Ok(out) = out else {
-        skipped("missing_tap_without_privilege_says_how_to_fix_it", "setpriv is missing");
-        return;
-    };
+        .output()
+        .expect("cannot run setpriv (util-linux): scripts/setup installs it");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(stderr.contains("mvmnotap0"), "{stderr}");
@@ -288,10 +271,9 @@ fn missing_tap_without_privilege_says_how_to_fix_it() {
 }
 
 #[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn disks_work_with_ioeventfd_notifications() {
-    if !kvm_or_skip("disks_work_with_ioeventfd_notifications") {
-        return;
-    }
+    common::require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let content = known_content(1024 * 1024);
     let disk = image(dir.path(), "data.img", &content);

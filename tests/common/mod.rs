@@ -17,18 +17,22 @@ pub fn guest_elf() -> PathBuf {
     PathBuf::from(env!("MVM_GUEST_ELF"))
 }
 
-/// True when the test may use KVM. With MVM_SKIP_KVM=1 it says loudly that
-/// the test is skipped; otherwise a missing /dev/kvm fails the test.
-pub fn kvm_or_skip(test: &str) -> bool {
-    if std::env::var("MVM_SKIP_KVM").as_deref() == Ok("1") {
-        skipped(test, "MVM_SKIP_KVM=1 says this host has no KVM on purpose");
-        return false;
-    }
+/// Fails the test, saying why, when this host has no usable KVM. Tests that
+/// need KVM carry `#[cfg_attr(mvm_skip_kvm, ignore = ...)]`: with
+/// MVM_SKIP_KVM=1 (a host without KVM on purpose) they are reported as
+/// ignored in the summary instead of being run.
+pub fn require_kvm() {
     assert!(
         Path::new("/dev/kvm").exists(),
-        "{test} needs /dev/kvm and this host has none; set MVM_SKIP_KVM=1 if that is deliberate"
+        "this test needs /dev/kvm and this host has none; set MVM_SKIP_KVM=1 if that is deliberate"
     );
-    true
+}
+
+/// Fails the test when it does not run as root. Tests that need root carry
+/// `#[cfg_attr(mvm_skip_root, ignore = ...)]`: MVM_SKIP_ROOT=1 says the
+/// suite runs unprivileged on purpose, and they are reported as ignored.
+pub fn require_root() {
+    assert!(is_root(), "this test needs root; set MVM_SKIP_ROOT=1 if the suite runs unprivileged on purpose");
 }
 
 /// The banner's mode on this host: "pvm" on a PVM host, "native" on VMX/SVM.
@@ -49,13 +53,6 @@ pub fn max_vcpus() -> u64 {
         .find_map(|l| l.strip_prefix("max_vcpus: "))
         .and_then(|n| n.parse().ok())
         .expect("mvm check prints max_vcpus")
-}
-
-/// Says on the real stderr, past the test harness's capture, that a test
-/// did not check what it is for.
-pub fn skipped(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }
 
 pub fn run(cmd: &mut Command) -> Output {
