@@ -10,8 +10,6 @@
 //! status; when it traps, it does the same and powers off with reason
 //! "trap" and the trap's message (see power.rs).
 
-mod fs;
-mod tar;
 mod wasi;
 
 use alloc::format;
@@ -19,11 +17,14 @@ use alloc::string::String;
 
 use wasmi::{Engine, Linker, Module, Store};
 
+use mvm_wasi::tar;
+use mvm_wasi::wasi::{Devices, Wasi};
+
+use crate::entropy::Entropy;
 use crate::virtio::blk::Blk;
 use crate::virtio::console::OutputStream;
 use crate::virtio::{self, DEVICE_BLOCK, DEVICE_CONSOLE};
-use fs::Node;
-use wasi::{Output, Wasi};
+use wasi::{Output, State, Tsc};
 
 enum Ending {
     Exit(u8),
@@ -45,10 +46,11 @@ pub fn run(cmdline: &[u8]) -> ! {
     let stderr = consoles.next().unwrap_or(Output::Com1);
 
     let job = tar::read_job(&mut job_disk).unwrap_or_else(|e| panic!("cannot read the job disk: {e:?}"));
-    let state = Wasi::new(job.args, job.env, job.inputs, job_disk, stdout, stderr);
+    let devices = Devices { job_disk, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
+    let state = Wasi::new(job.args, job.env, job.inputs, devices);
     let (ending, mut state) = execute(&job.module, state);
     state.flush_outputs();
-    if let Err(e) = write_outputs(&state.out, &mut out_disk) {
+    if let Err(e) = tar::write_outputs(&state.out, &mut out_disk) {
         crate::console::print(format_args!("job outputs not saved: {e:?}\n"));
     }
     match ending {
@@ -57,7 +59,7 @@ pub fn run(cmdline: &[u8]) -> ! {
     }
 }
 
-fn execute(module: &[u8], state: Wasi) -> (Ending, Wasi) {
+fn execute(module: &[u8], state: State) -> (Ending, State) {
     let engine = Engine::default();
     let mut store = Store::new(&engine, state);
     let result = (|| -> Result<(), wasmi::Error> {
@@ -76,15 +78,4 @@ fn execute(module: &[u8], state: Wasi) -> (Ending, Wasi) {
         },
     };
     (ending, store.into_data())
-}
-
-fn write_outputs(out: &Node, disk: &mut Blk) -> Result<u64, tar::WriteError> {
-    let mut writer = tar::TarWriter::new(disk);
-    for (path, node) in out.walk() {
-        match node {
-            Node::Dir(_) => writer.entry(&path, None)?,
-            Node::File(content) => writer.entry(&path, Some(content))?,
-        }
-    }
-    writer.finish()
 }

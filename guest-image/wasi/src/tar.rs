@@ -9,7 +9,8 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::virtio::blk::{Blk, BlkError, SECTOR};
+use crate::fs::Node;
+use crate::{BlockDevice, SECTOR};
 
 const BLOCK: usize = 512;
 
@@ -27,13 +28,13 @@ pub struct Job {
     pub inputs: Vec<InputFile>,
 }
 
-pub enum TarError {
-    Disk(BlkError),
+pub enum TarError<E> {
+    Disk(E),
     BadHeader(u64),
     Missing(&'static str),
 }
 
-impl core::fmt::Debug for TarError {
+impl<E: core::fmt::Debug> core::fmt::Debug for TarError<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             TarError::Disk(e) => write!(f, "disk error {e:?}"),
@@ -56,7 +57,7 @@ fn field_str(field: &[u8]) -> &[u8] {
 const REQUEST_MAX: usize = 1 << 20;
 
 /// Reads `len` bytes at byte `offset` (sector-aligned) of `disk`.
-fn read_at(disk: &mut Blk, offset: u64, len: usize) -> Result<Vec<u8>, TarError> {
+fn read_at<D: BlockDevice>(disk: &mut D, offset: u64, len: usize) -> Result<Vec<u8>, TarError<D::Error>> {
     let mut data = vec![0u8; len.next_multiple_of(SECTOR)];
     for (i, chunk) in data.chunks_mut(REQUEST_MAX).enumerate() {
         let sector = (offset + (i * REQUEST_MAX) as u64) / SECTOR as u64;
@@ -66,10 +67,10 @@ fn read_at(disk: &mut Blk, offset: u64, len: usize) -> Result<Vec<u8>, TarError>
     Ok(data)
 }
 
-pub fn read_job(disk: &mut Blk) -> Result<Job, TarError> {
+pub fn read_job<D: BlockDevice>(disk: &mut D) -> Result<Job, TarError<D::Error>> {
     let mut job = Job { module: Vec::new(), args: Vec::new(), env: Vec::new(), inputs: Vec::new() };
     let mut module = None;
-    let end = disk.capacity_sectors * SECTOR as u64;
+    let end = disk.capacity_sectors() * SECTOR as u64;
     let mut offset = 0u64;
     while offset + BLOCK as u64 <= end {
         let header = read_at(disk, offset, BLOCK)?;
@@ -115,8 +116,8 @@ fn split_nul(data: Vec<u8>) -> Vec<Vec<u8>> {
 
 /// Writes a ustar archive sequentially to a disk, a sector-aligned chunk at
 /// a time.
-pub struct TarWriter<'a> {
-    disk: &'a mut Blk,
+pub struct TarWriter<'a, D> {
+    disk: &'a mut D,
     pending: Vec<u8>,
     written: u64,
     capacity: u64,
@@ -124,14 +125,14 @@ pub struct TarWriter<'a> {
 
 const CHUNK: usize = 256 * 1024;
 
-pub enum WriteError {
-    Disk(BlkError),
+pub enum WriteError<E> {
+    Disk(E),
     /// The archive would not fit on the output disk.
     Full,
     NameTooLong,
 }
 
-impl core::fmt::Debug for WriteError {
+impl<E: core::fmt::Debug> core::fmt::Debug for WriteError<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             WriteError::Disk(e) => write!(f, "disk error {e:?}"),
@@ -141,13 +142,13 @@ impl core::fmt::Debug for WriteError {
     }
 }
 
-impl<'a> TarWriter<'a> {
-    pub fn new(disk: &'a mut Blk) -> TarWriter<'a> {
-        let capacity = disk.capacity_sectors * SECTOR as u64;
+impl<'a, D: BlockDevice> TarWriter<'a, D> {
+    pub fn new(disk: &'a mut D) -> TarWriter<'a, D> {
+        let capacity = disk.capacity_sectors() * SECTOR as u64;
         TarWriter { disk, pending: Vec::with_capacity(CHUNK), written: 0, capacity }
     }
 
-    fn push(&mut self, mut data: &[u8]) -> Result<(), WriteError> {
+    fn push(&mut self, mut data: &[u8]) -> Result<(), WriteError<D::Error>> {
         while !data.is_empty() {
             let take = (CHUNK - self.pending.len()).min(data.len());
             self.pending.extend_from_slice(&data[..take]);
@@ -159,7 +160,7 @@ impl<'a> TarWriter<'a> {
         Ok(())
     }
 
-    fn drain(&mut self) -> Result<(), WriteError> {
+    fn drain(&mut self) -> Result<(), WriteError<D::Error>> {
         let len = self.pending.len().next_multiple_of(SECTOR);
         self.pending.resize(len, 0);
         if self.written + len as u64 > self.capacity {
@@ -172,7 +173,7 @@ impl<'a> TarWriter<'a> {
     }
 
     /// One entry: a directory (`data` None) or a regular file.
-    pub fn entry(&mut self, path: &str, data: Option<&[u8]>) -> Result<(), WriteError> {
+    pub fn entry(&mut self, path: &str, data: Option<&[u8]>) -> Result<(), WriteError<D::Error>> {
         let mut header = [0u8; BLOCK];
         let name = match data {
             Some(_) => String::from(path),
@@ -218,9 +219,21 @@ impl<'a> TarWriter<'a> {
     /// the output disk is scratch space the host reads right after the VM
     /// ends, on the same machine, so durability would only cost an fsync
     /// (tens of milliseconds on a VM's disk).
-    pub fn finish(mut self) -> Result<u64, WriteError> {
+    pub fn finish(mut self) -> Result<u64, WriteError<D::Error>> {
         self.push(&[0u8; 2 * BLOCK])?;
         self.drain()?;
         Ok(self.written)
     }
+}
+
+/// Writes the tree under /out to `disk` as an archive; returns its size.
+pub fn write_outputs<D: BlockDevice>(out: &Node, disk: &mut D) -> Result<u64, WriteError<D::Error>> {
+    let mut writer = TarWriter::new(disk);
+    for (path, node) in out.walk() {
+        match node {
+            Node::Dir(_) => writer.entry(&path, None)?,
+            Node::File(content) => writer.entry(&path, Some(content))?,
+        }
+    }
+    writer.finish()
 }

@@ -1,0 +1,63 @@
+//! The guest's job runtime without its hardware and its engine: the job and
+//! output archives (tar.rs), the `/in` and `/out` file tree (fs.rs) and every
+//! WASI preview 1 function a job may import (wasi.rs), over a plain linear
+//! memory `&mut [u8]`. The guest kernel supplies the devices through the
+//! traits below and registers the functions with its WebAssembly engine;
+//! everything here runs, and is unit-tested, on the host too.
+
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod fs;
+pub mod tar;
+pub mod wasi;
+
+/// The unit of every disk transfer, in bytes.
+pub const SECTOR: usize = 512;
+
+/// A disk addressed in sectors: the job disk and the output disk.
+pub trait BlockDevice {
+    type Error: core::fmt::Debug;
+
+    fn capacity_sectors(&self) -> u64;
+
+    /// Reads `buf.len()` bytes (a whole number of sectors) from `sector` on.
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
+
+    /// Writes `buf` (a whole number of sectors) from `sector` on.
+    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// Where a job's stdout or stderr goes.
+pub trait Output {
+    fn write(&mut self, data: &[u8]);
+
+    /// Sends on whatever `write` kept back.
+    fn flush(&mut self);
+}
+
+/// Time, in nanoseconds.
+pub trait Clock {
+    /// Since the Unix epoch.
+    fn wall_ns(&mut self) -> u64;
+
+    /// Since some fixed point: never goes back.
+    fn monotonic_ns(&mut self) -> u64;
+
+    /// Returns once `monotonic_ns()` has reached `deadline_ns`.
+    fn sleep_until(&mut self, deadline_ns: u64);
+}
+
+/// Random bytes for `random_get`.
+pub trait Entropy {
+    fn fill(&mut self, buf: &mut [u8]);
+}
+
+/// The devices one job's WASI functions run on.
+pub trait Platform {
+    type Disk: BlockDevice;
+    type Output: Output;
+    type Clock: Clock;
+    type Entropy: Entropy;
+}
