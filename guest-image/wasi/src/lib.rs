@@ -13,6 +13,9 @@ pub mod fs;
 pub mod tar;
 pub mod wasi;
 
+#[cfg(test)]
+mod testing;
+
 /// The unit of every disk transfer, in bytes.
 pub const SECTOR: usize = 512;
 

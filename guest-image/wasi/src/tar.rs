@@ -89,6 +89,11 @@ pub fn read_job<D: BlockDevice>(disk: &mut D) -> Result<Job, TarError<D::Error>>
         }
         name.extend_from_slice(field_str(&header[..100]));
         let data = offset + BLOCK as u64;
+        // Checked before anything is allocated for it: a size past the disk
+        // would otherwise ask the heap for up to 64 GiB.
+        if size > end - data {
+            return Err(TarError::BadHeader(offset));
+        }
         match (&name[..], header[156]) {
             (b"job/module.wasm", b'0' | 0) => module = Some(read_at(disk, data, size as usize)?),
             (b"job/args", b'0' | 0) => job.args = split_nul(read_at(disk, data, size as usize)?),
@@ -237,3 +242,6 @@ pub fn write_outputs<D: BlockDevice>(out: &Node, disk: &mut D) -> Result<u64, Wr
     }
     writer.finish()
 }
+
+#[cfg(test)]
+mod tests;

@@ -147,14 +147,21 @@ fn iovecs(mem: &[u8], ptr: u32, count: u32) -> Result<Vec<(u32, u32)>, Errno> {
 
 /// Writes NUL-terminated strings and the pointers to them (args_get, environ_get).
 fn put_strings(mem: &mut [u8], strings: &[Vec<u8>], pointers: u32, buffer: u32) -> Result<(), Errno> {
-    let mut at = buffer;
+    let mut at = u64::from(buffer);
     for (i, s) in strings.iter().enumerate() {
-        put(mem, pointers + 4 * i as u32, &at.to_le_bytes())?;
-        put(mem, at, s)?;
-        put(mem, at + s.len() as u32, &[0])?;
-        at += s.len() as u32 + 1;
+        let string = u32::try_from(at).map_err(|_| errno::FAULT)?;
+        put(mem, offset(pointers, 4 * i)?, &string.to_le_bytes())?;
+        put(mem, string, s)?;
+        put(mem, offset(string, s.len())?, &[0])?;
+        at += s.len() as u64 + 1;
     }
     Ok(())
+}
+
+/// `ptr + by` as a pointer into linear memory: an address past 4 GiB is
+/// EFAULT, where u32 arithmetic would wrap around to its start.
+fn offset(ptr: u32, by: usize) -> Result<u32, Errno> {
+    u32::try_from(u64::from(ptr) + by as u64).map_err(|_| errno::FAULT)
 }
 
 fn put_sizes(mem: &mut [u8], strings: &[Vec<u8>], count_ptr: u32, size_ptr: u32) -> Result<(), Errno> {
@@ -181,6 +188,11 @@ pub fn fd_write<P: Platform>(
     written_ptr: u32,
 ) -> Result<(), Errno> {
     let iovs = iovecs(mem, iovs, count)?;
+    // What is written is counted in 32 bits: more in one call is EINVAL
+    // (writev's answer when the lengths overflow its count).
+    if iovs.iter().map(|(_, len)| u64::from(*len)).sum::<u64>() > u64::from(u32::MAX) {
+        return Err(errno::INVAL);
+    }
     let mut written = 0u32;
     match wasi.fd(fd)? {
         Fd::Stdout | Fd::Stderr => {
@@ -583,7 +595,7 @@ pub fn poll_oneoff<P: Platform>(
         let mut event = [0u8; 32];
         event[..8].copy_from_slice(&userdata.to_le_bytes());
         event[10] = tag;
-        put(mem, events + 32 * written, &event)?;
+        put(mem, offset(events, 32 * written as usize)?, &event)?;
         written += 1;
     }
     put(mem, nevents_ptr, &written.to_le_bytes())
@@ -689,3 +701,6 @@ pub fn path_remove_directory<P: Platform>(
 ) -> Result<(), Errno> {
     path_remove(mem, wasi, dirfd, path, true)
 }
+
+#[cfg(test)]
+mod tests;
