@@ -747,6 +747,22 @@ mod tests {
         assert!(events.try_recv().is_err(), "a vCPU the VM stopped reported an end of its own");
     }
 
+    /// KVM's own vCPU gives the crash report its registers and reads the
+    /// suberror where KVM leaves it.
+    #[test]
+    #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+    fn a_kvm_vcpu_reports_its_state() {
+        let kvm = kvm_ioctls::Kvm::new().expect("this test needs /dev/kvm; set MVM_SKIP_KVM=1 if that is deliberate");
+        let mut vcpu = kvm.create_vm().unwrap().create_vcpu(0).unwrap();
+        vcpu.set_regs(&kvm_regs { rip: RIP, rflags: 2, ..Default::default() }).unwrap();
+        let state = RunVcpu::state(&vcpu).expect("registers");
+        assert_eq!(state.0.rip, RIP);
+        assert_eq!(state.1.cr0, vcpu.get_sregs().unwrap().cr0);
+        // Where KVM leaves it at a KVM_EXIT_INTERNAL_ERROR exit.
+        vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror = SUBERROR;
+        assert_eq!(vcpu.internal_suberror(), SUBERROR);
+    }
+
     /// Waits for `count` kicks on the calling thread.
     fn count_kicks(count: Arc<std::sync::atomic::AtomicU64>) {
         loop {
