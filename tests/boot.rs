@@ -76,7 +76,12 @@ fn watch_boot<T>(args: &[&str], mut seen: impl FnMut(u32) -> Option<T>) -> T {
             std::io::Read::read_to_string(running.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
             panic!("mvm boot {args:?} ended ({status}) before the test saw what it waited for: {stderr}");
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "mvm boot {args:?}: not seen within 20 s");
+        let pid = running.0.id();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "mvm boot {args:?}: not seen within 20 s; its vCPU threads and their syscalls: {:?}",
+            vcpu_threads(pid)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -187,7 +192,7 @@ fn a_guest_reset_ends_with_status_zero() {
 #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_guest_halted_for_good_is_a_crash() {
     common::require_kvm();
-    let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=halt", "--timeout-s", "30"]);
+    let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=halt", "--timeout-s", "10"]);
     assert_eq!(code, CRASHED, "{stdout}{stderr}");
     assert!(stderr.contains("mvm: guest crashed (halted with nothing to wake it) at rip=0x"), "{stderr}");
     assert!(stderr.contains("vcpu0: rip=0x"), "{stderr}");
