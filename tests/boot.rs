@@ -5,6 +5,8 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::{boot, expected_mode, guest_elf, mvm, run, text};
 
@@ -49,22 +51,151 @@ fn banner_reports_the_memory_size() {
     }
 }
 
-#[test]
-#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
-fn several_vcpus_boot() {
-    common::require_kvm();
-    let (code, stdout, stderr) = boot(&["--vcpus", "4", "--cmdline", "mvm.exit=4"]);
-    assert_eq!(code, 4, "{stdout}{stderr}");
+/// A running mvm, killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
+/// Starts `mvm boot ARGS` and polls `seen` on its process id until it
+/// returns Some, for at most 20 s; returns what it found.
+fn watch_boot<T>(args: &[&str], mut seen: impl FnMut(u32) -> Option<T>) -> T {
+    let child = mvm().arg("boot").args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut running = Running(child);
+    let started = Instant::now();
+    loop {
+        if let Some(found) = seen(running.0.id()) {
+            return found;
+        }
+        if let Some(status) = running.0.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(running.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("mvm boot {args:?} ended ({status}) before the test saw what it waited for: {stderr}");
+        }
+        let pid = running.0.id();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "mvm boot {args:?}: not seen within 20 s; its vCPU threads and their syscalls: {:?}",
+            vcpu_threads(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The names of process `pid`'s threads that are vCPU threads ("vcpuN"),
+/// with their /proc syscall lines, sorted by name.
+fn vcpu_threads(pid: u32) -> Vec<(String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut threads: Vec<(String, String)> = tasks
+        .flatten()
+        .filter_map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?.trim().to_string();
+            let syscall = std::fs::read_to_string(task.path().join("syscall")).ok()?;
+            name.starts_with("vcpu").then_some((name, syscall))
+        })
+        .collect();
+    threads.sort();
+    threads
+}
+
+/// Whether a /proc syscall line is a thread blocked in the KVM_RUN ioctl:
+/// "16 <fd> 0xae80 ...".
+fn in_kvm_run(syscall: &str) -> bool {
+    let words: Vec<&str> = syscall.split_whitespace().collect();
+    words.len() > 2 && words[0] == "16" && words[2] == "0xae80"
+}
+
+/// The indices of the KVM vCPUs process `pid` holds (its
+/// anon_inode:kvm-vcpu:N descriptors), sorted.
+fn kvm_vcpus(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut vcpus: Vec<u64> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| target.to_str()?.strip_prefix("anon_inode:kvm-vcpu:")?.parse().ok())
+        .collect();
+    vcpus.sort();
+    vcpus
+}
+
+/// `--vcpus N` creates N vCPUs in KVM. The builtin guest has no interrupt
+/// controller to start the others, so only vCPU 0 gets a thread.
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn several_vcpus_are_created() {
+    common::require_kvm();
+    let args = ["--vcpus", "4", "--cmdline", "mvm.test=sleep:20000", "--timeout-s", "60"];
+    // Once vCPU 0 has a thread, every vCPU exists.
+    let (vcpus, threads) = watch_boot(&args, |pid| {
+        let threads = vcpu_threads(pid);
+        (!threads.is_empty()).then(|| (kvm_vcpus(pid), threads))
+    });
+    assert_eq!(vcpus, [0, 1, 2, 3]);
+    let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["vcpu0"]);
+}
+
+/// With the in-kernel irqchip (a kernel from a file), each of N vCPUs runs
+/// on its own thread, in KVM_RUN: the boot vCPU halted in the irqchip
+/// (where the builtin guest's halt would end the VM), the others waiting
+/// for their start-up IPI.
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn several_vcpus_run_with_the_irqchip() {
+    common::require_kvm();
+    let elf = guest_elf();
+    let args = ["--kernel", elf.to_str().unwrap(), "--vcpus", "3", "--cmdline", "mvm.test=halt", "--timeout-s", "60"];
+    let threads = watch_boot(&args, |pid| {
+        let threads = vcpu_threads(pid);
+        (threads.len() >= 3 && threads.iter().all(|(_, syscall)| in_kvm_run(syscall))).then_some(threads)
+    });
+    let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["vcpu0", "vcpu1", "vcpu2"]);
+}
+
+/// The in-kernel irqchip comes with a kernel from a file: its 8259 PIC
+/// keeps the mask the guest writes, where the builtin guest (no irqchip)
+/// reads an empty bus.
 #[test]
 #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn kernel_from_a_file_boots_with_the_irqchip() {
     common::require_kvm();
     let elf = guest_elf();
-    let (code, stdout, stderr) = boot(&["--kernel", elf.to_str().unwrap(), "--cmdline", "mvm.exit=3"]);
+    let (code, stdout, stderr) =
+        boot(&["--kernel", elf.to_str().unwrap(), "--cmdline", "mvm.test=pic mvm.exit=3", "--timeout-s", "30"]);
     assert_eq!(code, 3, "{stdout}{stderr}");
     assert!(stdout.starts_with("mvm-guest 0.1.0: mode="), "{stdout}");
+    assert!(stdout.contains("pic mask wrote=0x5a read=0x5a\n"), "{stdout}");
+    let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=pic", "--timeout-s", "30"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("pic mask wrote=0x5a read=0xff\n"), "{stdout}");
+}
+
+/// A guest that resets (as Linux does with reboot=k) is stopped, not
+/// rebooted, and that counts as a normal end.
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn a_guest_reset_ends_with_status_zero() {
+    common::require_kvm();
+    let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=reset", "--timeout-s", "30"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("mvm: guest asked for a reset; the VM was stopped"), "{stderr}");
+}
+
+/// A halt that nothing can end (no deadline armed, no device that could
+/// wake the vCPU) is a crash, reported at once rather than at a timeout.
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn a_guest_halted_for_good_is_a_crash() {
+    common::require_kvm();
+    let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=halt", "--timeout-s", "10"]);
+    assert_eq!(code, CRASHED, "{stdout}{stderr}");
+    assert!(stderr.contains("mvm: guest crashed (halted with nothing to wake it) at rip=0x"), "{stderr}");
+    assert!(stderr.contains("vcpu0: rip=0x"), "{stderr}");
 }
 
 #[test]
@@ -101,12 +232,22 @@ fn triple_fault_is_reported_with_rip() {
 #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn spinning_guest_is_stopped_by_the_timeout() {
     common::require_kvm();
-    let started = std::time::Instant::now();
-    let (code, _, stderr) = boot(&["--cmdline", "mvm.test=spin", "--timeout-s", "0.5"]);
-    assert_eq!(code, TIMEOUT, "{stderr}");
+    // Not a speed check: a broken timeout must fail the test, not hang it.
+    let args = ["boot", "--cmdline", "mvm.test=spin", "--timeout-s", "0.5"];
+    let child = mvm().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
+    let mut running = Running(child.unwrap());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "mvm still ran 30 s after its 0.5 s timeout");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(running.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(TIMEOUT), "{stderr}");
     assert!(stderr.contains("timeout after 0.5 s"), "{stderr}");
-    // Not a speed check: only that the VM did not run on to some other limit.
-    assert!(started.elapsed().as_secs() < 30);
 }
 
 fn assert_error(args: &[&str], expected: &str) {

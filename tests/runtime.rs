@@ -66,14 +66,17 @@ fn field(line: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
 }
 
-/// Over a 10 s sleep, the guest's clocks run at the host's rate to 0.1%, and
-/// its wall clock reads the host's time.
+/// Over a 5 s sleep, the guest's monotonic clock runs at the host's rate to
+/// 0.1%, and its wall clock reads the host's time. The guest reads the
+/// host's clock (through its clock port) beside its own, so how late its
+/// lines reach the test (a busy host delays them by milliseconds) does not
+/// enter the comparison.
 #[test]
 #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn guest_clocks_agree_with_the_host() {
     common::require_kvm();
     let mut child = mvm()
-        .args(["boot", "--cmdline", "mvm.test=sleep:10000", "--timeout-s", "60"])
+        .args(["boot", "--cmdline", "mvm.test=sleep:5000", "--timeout-s", "60"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -81,17 +84,22 @@ fn guest_clocks_agree_with_the_host() {
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         if line.starts_with("clock ") {
-            samples.push((now_ns(), field(&line, "wall_ns"), field(&line, "mono_ns")));
+            samples.push((now_ns(), field(&line, "host_ns"), field(&line, "wall_ns"), field(&line, "mono_ns")));
         }
     }
     assert!(child.wait().unwrap().success());
-    let [(host0, wall0, mono0), (host1, wall1, mono1)] = samples[..] else { panic!("two clock lines: {samples:?}") };
-    // Each line reaches the host a little after the guest read its clock.
-    for (host, wall) in [(host0, wall0), (host1, wall1)] {
-        let behind_ms = (host as f64 - wall as f64) / 1e6;
-        assert!((-5.0..50.0).contains(&behind_ms), "guest wall clock is {behind_ms} ms behind the host's");
+    let [(arrived0, host0, wall0, mono0), (arrived1, host1, wall1, mono1)] = samples[..] else {
+        panic!("two clock lines: {samples:?}")
+    };
+    for (arrived, host, wall) in [(arrived0, host0, wall0), (arrived1, host1, wall1)] {
+        // The host time the guest read is the host's, a little before its line arrived.
+        let behind_ms = (arrived as f64 - host as f64) / 1e6;
+        assert!((-5.0..50.0).contains(&behind_ms), "the guest's host time is {behind_ms} ms behind the host's");
+        let wall_error_ms = (wall as f64 - host as f64) / 1e6;
+        assert!(wall_error_ms.abs() < 1.0, "guest wall clock is off the host's by {wall_error_ms} ms");
     }
     let host_elapsed = (host1 - host0) as f64;
+    assert!(host_elapsed >= 5e9, "the sleep took {host_elapsed} ns of host time");
     for (what, guest_elapsed) in [("monotonic", mono1 - mono0), ("wall", wall1 - wall0)] {
         let error = (guest_elapsed as f64 - host_elapsed).abs() / host_elapsed;
         assert!(error < 0.001, "{what} clock off by {:.4}% over {:.1} s", error * 100.0, host_elapsed / 1e9);
@@ -114,20 +122,24 @@ fn a_sleeping_guest_uses_no_host_cpu() {
 #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn a_deadline_wakes_the_guest_on_time() {
     common::require_kvm();
-    // Never early; within 1 ms in the best of three runs (scripts/bench-idle
-    // measures the error properly), and never grossly late.
+    // Not early: the guest halts again when woken before its deadline, so
+    // an early wake-up shows as more halts (a second one may be needed
+    // when its clock and the host's differ by microseconds). On time:
+    // within 1 ms in the best of five runs (a busy host delays some;
+    // scripts/bench-idle measures the error properly), and never grossly late.
     let mut lateness = Vec::new();
-    for _ in 0..3 {
-        let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=sleep:100"]);
+    for _ in 0..5 {
+        let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=sleep:100", "--timeout-s", "30"]);
         assert_eq!(code, 0, "{stderr}");
         let slept = stdout.lines().find(|l| l.starts_with("slept ")).expect("a slept line");
         let (asked, actual) = (field(slept, "requested_ns"), field(slept, "actual_ns"));
-        assert!(actual >= asked, "woke {} µs early", (asked - actual) / 1000);
-        lateness.push(Duration::from_nanos(actual - asked));
+        let halts = field(stdout.lines().find(|l| l.starts_with("sleep halts=")).expect("a halts line"), "halts");
+        assert!((1..=2).contains(&halts), "a 100 ms sleep took {halts} halts: woken early");
+        lateness.push(Duration::from_nanos(actual.checked_sub(asked).expect("the guest slept less than it asked")));
     }
     lateness.sort();
     assert!(lateness[0] < Duration::from_millis(1), "woke late by {lateness:?}");
-    assert!(lateness[2] < Duration::from_millis(50), "woke late by {lateness:?}");
+    assert!(lateness[4] < Duration::from_millis(50), "woke late by {lateness:?}");
 }
 
 #[test]

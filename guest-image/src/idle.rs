@@ -11,7 +11,8 @@ use core::arch::asm;
 use crate::port::outl;
 use crate::time::monotonic_ns;
 
-const WAKE_TIMER_PORT: u16 = 0x604;
+pub(crate) const WAKE_TIMER_PORT: u16 = 0x604;
+pub(crate) const WAKE_TIMER_CANCEL: u32 = u32::MAX;
 const MAX_WAIT_US: u64 = u32::MAX as u64 - 1;
 
 /// Halts once, until `deadline_ns` or an earlier wake-up (a device that
@@ -28,12 +29,17 @@ pub fn halt_until(deadline_ns: u64) {
     unsafe { asm!("hlt", options(nomem, nostack)) };
 }
 
-pub fn sleep_until(deadline_ns: u64) {
+/// Sleeps until `deadline_ns`; returns how many halts it took (one, unless
+/// something woke the vCPU early).
+pub fn sleep_until(deadline_ns: u64) -> u64 {
+    let mut halts = 0;
     while monotonic_ns() < deadline_ns {
         halt_until(deadline_ns);
+        halts += 1;
     }
+    halts
 }
 
-pub fn sleep_ns(ns: u64) {
-    sleep_until(monotonic_ns() + ns);
+pub fn sleep_ns(ns: u64) -> u64 {
+    sleep_until(monotonic_ns() + ns)
 }

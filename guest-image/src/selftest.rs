@@ -10,7 +10,8 @@ use crate::cmdline::{parse_u64, Display};
 use crate::console::print;
 use crate::interrupts;
 use crate::netstack::{parse_endpoint, Stack};
-use crate::time::{monotonic_ns, wall_ns};
+use crate::port::{inb, outb, outl};
+use crate::time::{host_wall_ns, monotonic_ns, wall_ns};
 use crate::virtio::blk::{Blk, BlkError, Header, SECTOR};
 use crate::virtio::queue::Descriptor;
 use crate::virtio::{self, DEVICE_BLOCK, DEVICE_NET};
@@ -38,6 +39,9 @@ pub fn run(spec: &[u8], cmdline: &[u8]) {
             }
         }
         b"fault" => fault(arg.unwrap_or_default()),
+        b"reset" => reset(),
+        b"halt" => halt(),
+        b"pic" => pic(),
         b"sleep" => sleep(number()),
         b"oom" => exhaust_memory(),
         b"cpu" => cpu(number()),
@@ -83,6 +87,36 @@ fn fault(kind: &[u8]) {
     }
 }
 
+/// Asks for a reset the way Linux does with `reboot=k`: the i8042's
+/// "pulse reset line" command.
+fn reset() {
+    outb(I8042_COMMAND, I8042_RESET_CPU);
+    halt();
+}
+
+/// Halts with no wake deadline armed and nothing else that could wake the
+/// vCPU.
+fn halt() {
+    outl(crate::idle::WAKE_TIMER_PORT, crate::idle::WAKE_TIMER_CANCEL);
+    loop {
+        // SAFETY: halting for good is the point.
+        unsafe { asm!("hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Writes a mask to the master 8259 PIC and reads it back: only an
+/// interrupt controller keeps it (the in-kernel irqchip has one); an empty
+/// bus reads as 0xff.
+fn pic() {
+    outb(PIC1_DATA, PIC_PROBE_MASK);
+    print(format_args!("pic mask wrote={PIC_PROBE_MASK:#04x} read={:#04x}\n", inb(PIC1_DATA)));
+}
+
+const I8042_COMMAND: u16 = 0x64;
+const I8042_RESET_CPU: u8 = 0xfe;
+const PIC1_DATA: u16 = 0x21;
+const PIC_PROBE_MASK: u8 = 0x5a;
+
 /// Recurses until the stack runs into its guard page: the point of the test.
 #[allow(unconditional_recursion)]
 #[inline(never)]
@@ -91,16 +125,20 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1).wrapping_add(frame[7])
 }
 
-/// Prints the clocks, sleeps `ms` milliseconds with the vCPU halted, and
-/// prints them again with how long the sleep really took.
+/// Prints the clocks (with the host's, read at the same moment), sleeps `ms`
+/// milliseconds with the vCPU halted, and prints them again with how long
+/// the sleep really took and how many halts it took.
 fn sleep(ms: u64) {
-    let clock = |when: &str| print(format_args!("clock {when}: wall_ns={} mono_ns={}\n", wall_ns(), monotonic_ns()));
+    let clock = |when: &str| {
+        let (wall, mono, host) = (wall_ns(), monotonic_ns(), host_wall_ns());
+        print(format_args!("clock {when}: wall_ns={wall} mono_ns={mono} host_ns={host}\n"))
+    };
     clock("before");
     let start = monotonic_ns();
-    crate::idle::sleep_ns(ms * 1_000_000);
+    let halts = crate::idle::sleep_ns(ms * 1_000_000);
     let slept = monotonic_ns() - start;
     clock("after");
-    print(format_args!("slept requested_ns={} actual_ns={slept}\n", ms * 1_000_000));
+    print(format_args!("slept requested_ns={} actual_ns={slept}\nsleep halts={halts}\n", ms * 1_000_000));
 }
 
 fn exhaust_memory() {

@@ -29,12 +29,18 @@ pub fn init(tsc_khz: Option<u64>) {
         panic!("mvm.tsc_khz is missing: the VMM gives the TSC frequency on the command line");
     };
     let before = rdtsc();
-    let low = inl(CLOCK_PORT_LOW);
-    let high = inl(CLOCK_PORT_HIGH);
+    let host_ns = host_wall_ns();
     let after = rdtsc();
     TSC_KHZ.store(khz, Ordering::Relaxed);
     TSC_AT_BOOT.store(before + (after - before) / 2, Ordering::Relaxed);
-    WALL_NS_AT_BOOT.store(u64::from(high) << 32 | u64::from(low), Ordering::Relaxed);
+    WALL_NS_AT_BOOT.store(host_ns, Ordering::Relaxed);
+}
+
+/// The host's CLOCK_REALTIME now, read through the clock port (two exits).
+pub fn host_wall_ns() -> u64 {
+    let low = inl(CLOCK_PORT_LOW);
+    let high = inl(CLOCK_PORT_HIGH);
+    u64::from(high) << 32 | u64::from(low)
 }
 
 pub fn tsc_to_ns(ticks: u64) -> u64 {

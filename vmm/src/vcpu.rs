@@ -231,23 +231,58 @@ pub struct VcpuThread {
 const KICK_INTERVAL_MIN: Duration = Duration::from_micros(20);
 const KICK_INTERVAL_MAX: Duration = Duration::from_millis(1);
 
-/// Sends `thread` [`kick_signal`] until `done()`: the caller has first set
-/// what the thread must see (the stop flag, a closed quota gate), and `done`
-/// says it has seen it. Retrying is what catches a thread that was between
-/// its check and KVM_RUN when a signal came (see the module comment).
+/// How long a kicked thread may take to see what it was kicked for. A vCPU
+/// in KVM_RUN leaves it within microseconds and one in a device handler
+/// (a disk flush on a slow host) within a second or so; a thread still
+/// busy after this is stuck (writing console output to a pipe nobody
+/// reads, say), and waiting on would hang the VM's end instead of
+/// reporting it.
+const KICK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KickError {
+    #[error("cannot signal the thread")]
+    Signal(#[source] std::io::Error),
+    #[error("the thread did not respond within {0:?} of the first signal")]
+    Unresponsive(Duration),
+}
+
+/// Sends `thread` [`kick_signal`] until `done()`, for at most
+/// [`KICK_TIMEOUT`]: the caller has first set what the thread must see (the
+/// stop flag, a closed quota gate), and `done` says it has seen it.
+/// Retrying is what catches a thread that was between its check and
+/// KVM_RUN when a signal came (see the module comment).
 ///
 /// # Safety
 ///
 /// `thread` must be a thread of this process that is neither joined nor
 /// detached. One that has ended but is not yet joined is fine: pthread_kill
 /// on it is still valid, so the race with its end is harmless.
-pub(crate) unsafe fn kick_until(thread: libc::pthread_t, mut done: impl FnMut() -> bool) -> std::io::Result<()> {
+pub(crate) unsafe fn kick_until(thread: libc::pthread_t, done: impl FnMut() -> bool) -> Result<(), KickError> {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { kick_within(thread, KICK_TIMEOUT, done) }
+}
+
+/// [`kick_until`], giving up after `limit`.
+///
+/// # Safety
+///
+/// As for [`kick_until`].
+unsafe fn kick_within(
+    thread: libc::pthread_t,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), KickError> {
+    let give_up = Instant::now() + limit;
     let mut interval = KICK_INTERVAL_MIN;
     while !done() {
+        if Instant::now() >= give_up {
+            return Err(KickError::Unresponsive(limit));
+        }
         // SAFETY: the caller guarantees `thread` is neither joined nor detached.
         let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
         if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
+            return Err(KickError::Signal(std::io::Error::from_raw_os_error(rc)));
         }
         std::thread::sleep(interval);
         interval = (interval * 2).min(KICK_INTERVAL_MAX);
@@ -265,14 +300,27 @@ impl VcpuThread {
     }
 
     /// Wakes the thread if it is halted and kicks it out of KVM_RUN until it
-    /// has seen the stop flag (set by the caller), then joins it.
+    /// has seen the stop flag (set by the caller), then joins it. A thread
+    /// that does not stop is reported and left to end with the process.
     pub fn stop_and_join(self) {
+        if let Err(err) = self.stop_within(KICK_TIMEOUT) {
+            tracing::error!("cannot stop a vCPU thread: {err}; it is left running");
+        }
+    }
+
+    fn stop_within(self, limit: Duration) -> Result<(), KickError> {
         self.wakeup.notify();
         // SAFETY: `self.handle` is neither joined (join takes it, below) nor detached.
-        if let Err(err) = unsafe { kick_until(self.pthread(), || self.handle.is_finished()) } {
-            tracing::warn!("cannot signal a vCPU thread: {err}");
+        let kicked = unsafe { kick_within(self.pthread(), limit, || self.handle.is_finished()) };
+        match kicked {
+            // Joining would hang; dropping the handle detaches the thread.
+            Err(KickError::Unresponsive(limit)) => return Err(KickError::Unresponsive(limit)),
+            // The thread is gone (pthread_kill fails only then), or has ended.
+            Err(KickError::Signal(err)) => tracing::warn!("cannot signal a vCPU thread: {err}"),
+            Ok(()) => {}
         }
         self.join();
+        Ok(())
     }
 
     /// The thread's pthread id, valid until the thread is joined.
@@ -281,9 +329,35 @@ impl VcpuThread {
     }
 }
 
-pub fn spawn(
+/// What the vCPU thread needs of a vCPU: KVM's, or a scripted one in the
+/// unit tests.
+pub trait RunVcpu: Send + 'static {
+    fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error>;
+    /// The registers, for a crash report; None when they cannot be read.
+    fn state(&self) -> Option<Box<(kvm_regs, kvm_sregs)>>;
+    /// KVM's suberror, read right after a KVM_EXIT_INTERNAL_ERROR exit.
+    fn internal_suberror(&mut self) -> u32;
+}
+
+impl RunVcpu for VcpuFd {
+    fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
+        VcpuFd::run(self)
+    }
+
+    fn state(&self) -> Option<Box<(kvm_regs, kvm_sregs)>> {
+        Some(Box::new((self.get_regs().ok()?, self.get_sregs().ok()?)))
+    }
+
+    fn internal_suberror(&mut self) -> u32 {
+        // SAFETY: after a KVM_EXIT_INTERNAL_ERROR exit, `internal` is the
+        // union member KVM filled in.
+        unsafe { self.get_kvm_run().__bindgen_anon_1.internal.suberror }
+    }
+}
+
+pub fn spawn<V: RunVcpu>(
     index: u64,
-    mut vcpu: VcpuFd,
+    mut vcpu: V,
     buses: Arc<Buses>,
     stop: Arc<AtomicBool>,
     events: Sender<VcpuEnd>,
@@ -303,7 +377,7 @@ pub fn spawn(
 
 /// Runs until the guest stops the vCPU (Some) or the VM asks it to (None).
 fn run_loop(
-    vcpu: &mut VcpuFd,
+    vcpu: &mut impl RunVcpu,
     buses: &Buses,
     stop: &AtomicBool,
     idle: &Idle,
@@ -340,19 +414,15 @@ fn run_loop(
     }
 }
 
-fn guest_end(vcpu: &mut VcpuFd, cause: StopCause) -> EndCause {
+fn guest_end(vcpu: &mut impl RunVcpu, cause: StopCause) -> EndCause {
     // Crashes get a register dump; a guest's fault or trap report is in the registers.
     let crashed = !matches!(cause, StopCause::Request(_))
         || matches!(
             cause,
             StopCause::Request(VmRequest::PowerOff(GuestExit { reason: ExitReason::Fault | ExitReason::Trap, .. }))
         );
-    let state = crashed.then(|| Some(Box::new((vcpu.get_regs().ok()?, vcpu.get_sregs().ok()?)))).flatten();
-    let internal_suberror = (cause == StopCause::InternalError).then(|| {
-        // SAFETY: after a KVM_EXIT_INTERNAL_ERROR exit, `internal` is the
-        // union member KVM filled in.
-        unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror }
-    });
+    let state = crashed.then(|| vcpu.state()).flatten();
+    let internal_suberror = (cause == StopCause::InternalError).then(|| vcpu.internal_suberror());
     EndCause::Guest { cause, state, internal_suberror }
 }
 
@@ -376,23 +446,35 @@ mod tests {
         assert_eq!(action, ExitAction::SetWake(Some(Duration::from_micros(2500))));
     }
 
+    /// Runs `f` on its own thread and fails the test if it has not returned
+    /// within `limit`: a broken wait must fail the test, not hang it.
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).unwrap_or_else(|_| panic!("still waiting after {limit:?}"))
+    }
+
     #[test]
     fn wakeup_returns_at_the_deadline_or_when_notified() {
         let wakeup = Arc::new(Wakeup::default());
         let start = Instant::now();
         wakeup.wait_until(Some(start + Duration::from_millis(20)));
         assert!(start.elapsed() >= Duration::from_millis(20));
-        // A notification before the wait is kept for it.
+        // A notification before the wait is kept for it, and only for it.
         wakeup.notify();
+        let waiter = wakeup.clone();
+        within(Duration::from_secs(5), move || waiter.wait_until(Some(Instant::now() + Duration::from_secs(60))));
         let start = Instant::now();
-        wakeup.wait_until(Some(start + Duration::from_secs(60)));
-        assert!(start.elapsed() < Duration::from_secs(30));
+        wakeup.wait_until(Some(start + Duration::from_millis(20)));
+        assert!(start.elapsed() >= Duration::from_millis(20), "a notification was kept for two waits");
         let notifier = wakeup.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(10));
             notifier.notify();
         });
-        wakeup.wait_until(None);
+        within(Duration::from_secs(5), move || wakeup.wait_until(None));
         t.join().unwrap();
     }
 
@@ -435,11 +517,297 @@ mod tests {
             handle_exit(VcpuExit::FailEntry(7, 0), &b, &mut s),
             ExitAction::Stop(StopCause::FailEntry { reason: 7 })
         );
-        assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &b, &mut s),
-            ExitAction::Stop(StopCause::Request(VmRequest::Reset))
-        );
         assert_eq!(handle_exit(VcpuExit::Intr, &b, &mut s), ExitAction::Continue);
         assert_eq!(handle_exit(VcpuExit::Nmi, &b, &mut s), ExitAction::Stop(StopCause::Unexpected("NMI")));
+    }
+
+    #[test]
+    fn system_events_stop_with_their_meaning() {
+        let b = buses();
+        let mut s = ExitStats::default();
+        let mut event = |kind| handle_exit(VcpuExit::SystemEvent(kind, &[]), &b, &mut s);
+        let power_off = VmRequest::PowerOff(GuestExit { reason: ExitReason::Exit, status: 0 });
+        assert_eq!(event(KVM_SYSTEM_EVENT_SHUTDOWN), ExitAction::Stop(StopCause::Request(power_off)));
+        assert_eq!(event(KVM_SYSTEM_EVENT_RESET), ExitAction::Stop(StopCause::Request(VmRequest::Reset)));
+        assert_eq!(event(KVM_SYSTEM_EVENT_CRASH), ExitAction::Stop(StopCause::GuestReportedCrash));
+        assert_eq!(event(0x1234), ExitAction::Stop(StopCause::Unexpected("system event")));
+    }
+
+    #[test]
+    fn unexpected_exits_are_named() {
+        let b = buses();
+        let mut s = ExitStats::default();
+        let (mut ret, mut error) = (0u64, 0u8);
+        let debug = kvm_bindings::kvm_debug_exit_arch::default();
+        let reason = kvm_ioctls::MsrExitReason::Unknown;
+        let hypercall = kvm_ioctls::HypercallExit { nr: 0, args: [0; 6], ret: &mut ret, longmode: 1 };
+        let exits = [
+            (VcpuExit::Exception, "exception"),
+            (VcpuExit::Debug(debug), "debug"),
+            (VcpuExit::Hypercall(hypercall), "hypercall"),
+            (VcpuExit::IrqWindowOpen, "irq window open"),
+            (
+                VcpuExit::X86Rdmsr(kvm_ioctls::ReadMsrExit { error: &mut error, reason, index: 0, data: &mut 0 }),
+                "rdmsr",
+            ),
+            (VcpuExit::MemoryFault { flags: 0, gpa: 0, size: 0 }, "memory fault"),
+            (VcpuExit::Watchdog, "unknown"),
+        ];
+        for (exit, name) in exits {
+            assert_eq!(handle_exit(exit, &b, &mut s), ExitAction::Stop(StopCause::Unexpected(name)));
+        }
+        let mut error = 0u8;
+        let wrmsr = VcpuExit::X86Wrmsr(kvm_ioctls::WriteMsrExit { error: &mut error, reason, index: 0, data: 0 });
+        assert_eq!(handle_exit(wrmsr, &b, &mut s), ExitAction::Stop(StopCause::Unexpected("wrmsr")));
+    }
+
+    /// The kick must not take a signal a user or a terminal sends (SIGHUP,
+    /// SIGTERM...): those would then no longer end mvm.
+    #[test]
+    fn the_kick_is_a_real_time_signal() {
+        assert!((libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&kick_signal()), "{}", kick_signal());
+    }
+
+    /// One step of a [`Scripted`] vCPU's KVM_RUN.
+    enum Step {
+        Out(u64, Vec<u8>),
+        Exit(fn() -> VcpuExit<'static>),
+        Errno(i32),
+    }
+
+    /// A vCPU that plays a script of exits, then, like a guest that never
+    /// exits, stays in "KVM_RUN" until a signal. It records when each run
+    /// began and says when it is dropped (its thread has ended).
+    struct Scripted {
+        steps: std::collections::VecDeque<Step>,
+        current: Option<Step>,
+        runs: Arc<Mutex<Vec<Instant>>>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    const SUBERROR: u32 = 3;
+    const RIP: u64 = 0x20_1234;
+
+    impl Scripted {
+        fn new(steps: Vec<Step>) -> Self {
+            Scripted { steps: steps.into(), current: None, runs: Arc::default(), dropped: Arc::default() }
+        }
+    }
+
+    impl RunVcpu for Scripted {
+        fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
+            self.runs.lock().unwrap().push(Instant::now());
+            self.current = self.steps.pop_front();
+            match &self.current {
+                Some(Step::Out(port, data)) => Ok(VcpuExit::IoOut(*port as u16, data)),
+                Some(Step::Exit(exit)) => Ok(exit()),
+                Some(Step::Errno(errno)) => Err(kvm_ioctls::Error::new(*errno)),
+                None => {
+                    // SAFETY: pause has no preconditions; it returns at the next signal.
+                    unsafe { libc::pause() };
+                    Err(kvm_ioctls::Error::new(libc::EINTR))
+                }
+            }
+        }
+
+        fn state(&self) -> Option<Box<(kvm_regs, kvm_sregs)>> {
+            Some(Box::new((kvm_regs { rip: RIP, ..Default::default() }, kvm_sregs::default())))
+        }
+
+        fn internal_suberror(&mut self) -> u32 {
+            SUBERROR
+        }
+    }
+
+    impl Drop for Scripted {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn exit_with(status: u8) -> Step {
+        Step::Out(EXIT_PORT, u32::from(status).to_le_bytes().to_vec())
+    }
+
+    fn power_off(reason: ExitReason, status: u8) -> StopCause {
+        StopCause::Request(VmRequest::PowerOff(GuestExit { reason, status }))
+    }
+
+    fn idle(devices_can_wake: bool) -> Idle {
+        Idle { wakeup: Arc::default(), devices_can_wake }
+    }
+
+    /// Runs the vCPU loop over `steps` to its end; returns the end and the
+    /// times each KVM_RUN began.
+    fn run_script(steps: Vec<Step>, idle: Idle) -> (Option<EndCause>, Vec<Instant>) {
+        within(Duration::from_secs(10), move || {
+            let mut vcpu = Scripted::new(steps);
+            let end = run_loop(&mut vcpu, &buses(), &AtomicBool::new(false), &idle, None);
+            let runs = vcpu.runs.lock().unwrap().clone();
+            (end, runs)
+        })
+    }
+
+    /// How the guest stopped the vCPU, the RIP read at the stop, the suberror.
+    fn stop_cause(end: Option<EndCause>) -> (StopCause, Option<u64>, Option<u32>) {
+        match end {
+            Some(EndCause::Guest { cause, state, internal_suberror }) => {
+                (cause, state.map(|s| s.0.rip), internal_suberror)
+            }
+            other => panic!("expected the guest to stop the vCPU, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn interrupted_runs_are_retried() {
+        let steps = vec![Step::Errno(libc::EINTR), Step::Errno(libc::EAGAIN), exit_with(5)];
+        let (end, runs) = run_script(steps, idle(false));
+        assert_eq!(stop_cause(end).0, power_off(ExitReason::Exit, 5));
+        assert_eq!(runs.len(), 3);
+    }
+
+    #[test]
+    fn a_failed_run_ends_the_vcpu() {
+        let (end, _) = run_script(vec![Step::Errno(libc::EFAULT), exit_with(5)], idle(false));
+        match end {
+            Some(EndCause::RunFailed(err)) => assert_eq!(err.raw_os_error(), Some(libc::EFAULT)),
+            other => panic!("expected RunFailed, got {other:?}"),
+        }
+    }
+
+    /// A halt waits for the deadline the guest armed, and only once: the
+    /// next halt with none armed ends the VM.
+    #[test]
+    fn a_halt_waits_for_the_armed_deadline() {
+        let arm = Step::Out(WAKE_TIMER_PORT, 30_000u32.to_le_bytes().to_vec());
+        let steps = vec![arm, Step::Exit(|| VcpuExit::Hlt), Step::Exit(|| VcpuExit::Hlt)];
+        let (end, runs) = run_script(steps, idle(false));
+        let (cause, rip, _) = stop_cause(end);
+        assert_eq!(cause, StopCause::Halted);
+        assert_eq!(rip, Some(RIP), "a halt for good is a crash, with the registers");
+        assert_eq!(runs.len(), 3);
+        let halted = runs[2] - runs[1];
+        assert!(halted >= Duration::from_millis(30), "resumed {halted:?} after a halt with a 30 ms deadline");
+    }
+
+    /// With a device that may wake it, a halt with no deadline waits for
+    /// the device rather than ending the VM.
+    #[test]
+    fn a_halt_waits_for_a_device_that_can_wake_it() {
+        let idle = idle(true);
+        let wakeup = idle.wakeup.clone();
+        let notifier = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            wakeup.notify();
+        });
+        let (end, runs) = run_script(vec![Step::Exit(|| VcpuExit::Hlt), exit_with(0)], idle);
+        notifier.join().unwrap();
+        assert_eq!(stop_cause(end).0, power_off(ExitReason::Exit, 0));
+        assert!(runs[1] - runs[0] >= Duration::from_millis(20), "resumed before the device woke it");
+    }
+
+    /// Crashes and a guest's fault or trap report carry the registers; a
+    /// guest's own exit does not. Only an internal error has a suberror.
+    #[test]
+    fn crashes_keep_the_registers() {
+        let cases: [(Step, StopCause, bool); 6] = [
+            (Step::Exit(|| VcpuExit::Shutdown), StopCause::TripleFault, true),
+            (Step::Exit(|| VcpuExit::InternalError), StopCause::InternalError, true),
+            (exit_with(3), power_off(ExitReason::Exit, 3), false),
+            (Step::Out(EXIT_PORT, vec![101, 1, 0, 0]), power_off(ExitReason::Panic, 101), false),
+            (Step::Out(EXIT_PORT, vec![14, 2, 0, 0]), power_off(ExitReason::Fault, 14), true),
+            (Step::Out(EXIT_PORT, vec![1, 4, 0, 0]), power_off(ExitReason::Trap, 1), true),
+        ];
+        for (step, expected, with_state) in cases {
+            let (cause, rip, suberror) = stop_cause(run_script(vec![step], idle(false)).0);
+            assert_eq!(rip.is_some(), with_state, "{cause:?}");
+            let expected_suberror = (expected == StopCause::InternalError).then_some(SUBERROR);
+            assert_eq!(suberror, expected_suberror, "{cause:?}");
+            assert_eq!(cause, expected);
+        }
+    }
+
+    /// A vCPU thread "in the guest" (blocked until a signal) stops when the
+    /// VM asks, and reports nothing: the VM ended it.
+    #[test]
+    fn a_running_vcpu_stops_when_asked() {
+        let vcpu = Scripted::new(Vec::new());
+        let (runs, dropped) = (vcpu.runs.clone(), vcpu.dropped.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (events_tx, events) = std::sync::mpsc::channel();
+        let thread = spawn(0, vcpu, Arc::new(buses()), stop.clone(), events_tx, idle(false), None).unwrap();
+        let waited = Instant::now();
+        while runs.lock().unwrap().is_empty() {
+            assert!(waited.elapsed() < Duration::from_secs(10), "the vCPU thread never ran");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::Release);
+        within(Duration::from_secs(10), move || thread.stop_and_join());
+        assert!(dropped.load(Ordering::SeqCst), "the vCPU thread had not ended");
+        assert!(events.try_recv().is_err(), "a vCPU the VM stopped reported an end of its own");
+    }
+
+    /// KVM's own vCPU gives the crash report its registers and reads the
+    /// suberror where KVM leaves it.
+    #[test]
+    #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+    fn a_kvm_vcpu_reports_its_state() {
+        let kvm = kvm_ioctls::Kvm::new().expect("this test needs /dev/kvm; set MVM_SKIP_KVM=1 if that is deliberate");
+        let mut vcpu = kvm.create_vm().unwrap().create_vcpu(0).unwrap();
+        vcpu.set_regs(&kvm_regs { rip: RIP, rflags: 2, ..Default::default() }).unwrap();
+        let state = RunVcpu::state(&vcpu).expect("registers");
+        assert_eq!(state.0.rip, RIP);
+        assert_eq!(state.1.cr0, vcpu.get_sregs().unwrap().cr0);
+        // Where KVM leaves it at a KVM_EXIT_INTERNAL_ERROR exit.
+        vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror = SUBERROR;
+        assert_eq!(vcpu.internal_suberror(), SUBERROR);
+    }
+
+    /// Waits for `count` kicks on the calling thread.
+    fn count_kicks(count: Arc<std::sync::atomic::AtomicU64>) {
+        loop {
+            // SAFETY: pause has no preconditions; it returns after a signal handler ran.
+            unsafe { libc::pause() };
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A thread that keeps missing its kick (one entering KVM_RUN just
+    /// after each signal) gets another at least every millisecond or so:
+    /// the quota relies on kicks landing promptly.
+    #[test]
+    fn kicks_are_repeated_promptly() {
+        install_kick_handler().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread = std::thread::spawn({
+            let count = count.clone();
+            move || count_kicks(count)
+        });
+        let started = Instant::now();
+        // SAFETY: `thread` is neither joined nor detached until the end of the test.
+        unsafe { kick_within(thread.as_pthread_t(), Duration::from_secs(10), || count.load(Ordering::SeqCst) >= 12) }
+            .unwrap();
+        // 12 kicks at most 1 ms apart take ~7 ms; generous for a busy host.
+        assert!(started.elapsed() < Duration::from_secs(1), "12 kicks took {:?}", started.elapsed());
+        std::mem::forget(thread);
+    }
+
+    /// A thread that never sees its kick is given up on after the limit,
+    /// with an error, instead of hanging whoever waits for it.
+    #[test]
+    fn a_stuck_vcpu_thread_is_given_up_on() {
+        install_kick_handler().unwrap();
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        // Blocked where a signal does not help: std retries the wait.
+        let handle = std::thread::spawn(move || stuck.recv().unwrap());
+        let thread = VcpuThread { handle, wakeup: Arc::default() };
+        let started = Instant::now();
+        let result = within(Duration::from_secs(10), move || thread.stop_within(Duration::from_millis(200)));
+        assert!(
+            matches!(result, Err(KickError::Unresponsive(limit)) if limit == Duration::from_millis(200)),
+            "{result:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        release.send(()).unwrap();
     }
 }
