@@ -348,7 +348,8 @@ pub fn fd_fdstat_get<P: Platform>(mem: &mut [u8], wasi: &mut Wasi<P>, fd: i32, p
 fn preopen_name<P: Platform>(wasi: &mut Wasi<P>, fd: i32) -> Result<&'static [u8], Errno> {
     match (fd, wasi.fd(fd)?) {
         (3, Fd::InDir) => Ok(b"/in"),
-        (4, Fd::OutDir(path)) if path.is_empty() => Ok(b"/out"),
+        // fd 4 is /out itself: it cannot be closed, so never reused.
+        (4, Fd::OutDir(_)) => Ok(b"/out"),
         _ => Err(errno::BADF),
     }
 }
