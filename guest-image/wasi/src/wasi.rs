@@ -314,8 +314,10 @@ pub fn fd_seek<P: Platform>(
         _ => return Err(errno::INVAL),
     };
     let new = base.checked_add(offset).filter(|n| *n >= 0).ok_or(errno::INVAL)?;
+    // A refused call moves nothing.
+    put(mem, result_ptr, &(new as u64).to_le_bytes())?;
     *pos = new as u64;
-    put(mem, result_ptr, &(new as u64).to_le_bytes())
+    Ok(())
 }
 
 fn filestat_of<P: Platform>(wasi: &mut Wasi<P>, fd: i32) -> Result<[u8; 64], Errno> {
@@ -363,6 +365,9 @@ pub fn path_open<P: Platform>(
     fdflags: i32,
     fd_ptr: u32,
 ) -> Result<(), Errno> {
+    // Where the new fd goes first: an open whose fd the module cannot be
+    // told would leave a file created and an fd taken that nothing closes.
+    range(mem, fd_ptr, 4)?;
     let parts = components(bytes(mem, path.0, path.1)?)?;
     let new_fd = match wasi.fd(dirfd)? {
         Fd::InDir => {

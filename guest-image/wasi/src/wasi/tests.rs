@@ -517,6 +517,7 @@ fn seek_and_tell_check_whence_the_result_and_the_fd() {
     }
     assert_eq!(t.seek(9, 0, 0), Err(errno::BADF));
     assert_eq!(fd_seek(&mut t.mem, &mut t.w, fd, 0, 0, END - 7), Err(errno::FAULT));
+    assert_eq!(t.tell(fd), i64::MAX as u64, "a seek that cannot report its result does not move");
     assert_eq!(fd_tell(&mut t.mem, &mut t.w, fd, END - 8), Ok(()));
 }
 
@@ -532,7 +533,7 @@ fn paths_cannot_leave_their_directory() {
     }
     assert_eq!(t.open(IN, "a\u{0}b", 0, 0), Err(errno::NAMETOOLONG));
     assert_eq!(t.open(OUT, &"n".repeat(256), OFLAGS_CREAT, 0), Err(errno::NAMETOOLONG));
-    assert!(t.open(OUT, &"n".repeat(255), OFLAGS_CREAT, 0).is_ok());
+    assert_eq!(t.open(OUT, &"n".repeat(255), OFLAGS_CREAT, 0), Ok(5));
     set(&mut t.mem, PATH, b"\xff");
     assert_eq!(path_open(&mut t.mem, &mut t.w, IN, (PATH, 1), 0, 0, RESULT), Err(errno::INVAL));
     assert_eq!(path_open(&mut t.mem, &mut t.w, IN, (END - 1, 2), 0, 0, RESULT), Err(errno::FAULT));
@@ -544,8 +545,14 @@ fn paths_cannot_leave_their_directory() {
     t.mem[RESULT as usize..RESULT as usize + 4].fill(0xaa);
     assert_eq!(t.open(IN, "missing", 0, 0), Err(errno::NOENT));
     assert_eq!(u32_at(&t.mem, RESULT), 0xaaaa_aaaa);
+    // Nor is anything created or an fd taken when the fd cannot be written.
     let p = t.path("a.txt");
     assert_eq!(path_open(&mut t.mem, &mut t.w, IN, p, 0, 0, END - 3), Err(errno::FAULT));
+    let p = t.path("new");
+    assert_eq!(path_open(&mut t.mem, &mut t.w, OUT, p, OFLAGS_CREAT, 0, END - 3), Err(errno::FAULT));
+    assert_eq!(t.out_file(&["new"]), None);
+    assert_eq!(t.open(IN, "a.txt", 0, 0), Ok(6));
+    assert_eq!(path_open(&mut t.mem, &mut t.w, IN, p, 0, 0, END - 4), Err(errno::NOENT));
 }
 
 #[test]
