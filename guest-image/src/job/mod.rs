@@ -3,8 +3,9 @@
 //! With `mvm.job=1` on its command line the guest runs one WebAssembly (WASI
 //! preview 1) module with wasmi instead of its self-tests. Its devices, in
 //! command-line order: virtio-blk 0, the job disk (the module, its
-//! arguments and environment, and the input files; see tar.rs); virtio-blk
-//! 1, the output disk; virtio-console 0 and 1, the job's stdout and stderr.
+//! arguments and environment, and the input files; see tar.rs in mvm-wasi,
+//! guest-image/wasi/, which also holds the WASI functions); virtio-blk 1,
+//! the output disk; virtio-console 0 and 1, the job's stdout and stderr.
 //! When the module returns or calls `proc_exit`, the guest writes what the
 //! job left under /out to the output disk and powers off with the exit
 //! status; when it traps, it does the same and powers off with reason
