@@ -579,7 +579,11 @@ mod tests {
         std::thread::spawn(move || {
             let _ = tx.send(f());
         });
-        rx.recv_timeout(limit).unwrap_or_else(|_| panic!("{what} took more than {limit:?}"))
+        match rx.recv_timeout(limit) {
+            Ok(done) => done,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} took more than {limit:?}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} failed (its panic is above)"),
+        }
     }
 
     /// The controller's timed sleep lasts until its deadline even while a
@@ -597,11 +601,11 @@ mod tests {
         let woke = std::thread::spawn(move || sleeper.sleep(None, true));
         // Whether the vCPU enters before or after the controller sleeps, it wakes.
         let _in_guest = gate1.enter();
-        assert!(!within(Duration::from_secs(10), "waking on an entry", move || woke.join().unwrap()));
+        assert!(!within(Duration::from_secs(3), "waking on an entry", move || woke.join().unwrap()));
         let sleeper = throttle.clone();
         let ended = std::thread::spawn(move || sleeper.sleep(None, false));
         throttle.end();
-        assert!(within(Duration::from_secs(10), "waking on the end", move || ended.join().unwrap()));
+        assert!(within(Duration::from_secs(3), "waking on the end", move || ended.join().unwrap()));
     }
 
     fn thread_cpu() -> Duration {
@@ -687,8 +691,11 @@ mod tests {
     /// not open, fails the test instead of hanging it.
     fn stop_all(controller: Controller, stop: &AtomicBool) {
         stop.store(true, Ordering::Release);
-        within(Duration::from_secs(10), "stopping the controller and its vCPUs", move || {
-            for thread in controller.stop() {
+        let vcpus = controller.throttle.in_guest.len();
+        within(Duration::from_secs(3), "stopping the controller and its vCPUs", move || {
+            let threads = controller.stop();
+            assert_eq!(threads.len(), vcpus, "the controller did not give its vCPU threads back");
+            for thread in threads {
                 thread.stop_and_join();
             }
         });
@@ -727,7 +734,7 @@ mod tests {
         let controller = Controller::start(throttle.clone(), &mut threads).unwrap();
         let waited = Instant::now();
         while !throttle.closed.load(Ordering::SeqCst) {
-            assert!(waited.elapsed() < Duration::from_secs(5), "the gate never closed");
+            assert!(waited.elapsed() < Duration::from_secs(3), "the gate never closed");
             std::thread::sleep(Duration::from_micros(200));
         }
         let stopping = Instant::now();
@@ -746,17 +753,17 @@ mod tests {
         let controller = Controller::start(throttle.clone(), &mut threads).unwrap();
         let waited = Instant::now();
         while !throttle.closed.load(Ordering::SeqCst) {
-            assert!(waited.elapsed() < Duration::from_secs(5), "the gate never closed");
+            assert!(waited.elapsed() < Duration::from_secs(3), "the gate never closed");
             std::thread::sleep(Duration::from_micros(200));
         }
         stop.store(true, Ordering::Release);
-        within(Duration::from_secs(10), "dropping the controller", move || drop(controller));
+        within(Duration::from_secs(3), "dropping the controller", move || drop(controller));
         assert!(!throttle.closed.load(Ordering::SeqCst));
         // The controller thread held a reference to the throttle, and so do
         // the (detached) vCPU threads until they end.
         let waited = Instant::now();
         while Arc::strong_count(&throttle) > 1 {
-            assert!(waited.elapsed() < Duration::from_secs(5), "the controller thread is still running");
+            assert!(waited.elapsed() < Duration::from_secs(3), "the controller thread is still running");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -899,6 +906,9 @@ mod tests {
 
         fn sleep(&mut self, throttle: &Throttle, deadline: Option<Instant>, until_entry: bool) -> bool {
             self.sleeps += 1;
+            // A controller that sleeps much more often than every 100 µs
+            // (SLACK) spins without letting time pass.
+            assert!(self.sleeps as i64 <= 2 * self.end / SLACK.as_nanos() as i64 + 10, "the controller spins");
             let closed = self.look_at_gate(throttle);
             let mut wake = deadline.map_or(i64::MAX, |d| self.at(d));
             if until_entry && !closed {
