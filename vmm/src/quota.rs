@@ -71,9 +71,10 @@ use crate::vcpu::{self, VcpuThread};
 pub const PERIOD: Duration = Duration::from_millis(20);
 
 /// The controller never sleeps less than this while watching a budget run
-/// out, and closes the gate once less than this is left rather than look
-/// again: each look costs a wake-up (~30 µs on a PVM host). Either way the
-/// difference is settled in the next period (see [`Budget::end_period`]).
+/// out, closes the gate once less than this is left rather than look again,
+/// and does not open it for a period with less than this to spend: each
+/// look costs a wake-up (~30 µs on a PVM host). Either way the difference
+/// is settled in the next period (see [`Budget::end_period`]).
 const SLACK: Duration = Duration::from_micros(100);
 
 #[derive(Debug, thiserror::Error)]
@@ -562,13 +563,15 @@ mod tests {
 
     #[test]
     fn a_vcpu_is_in_the_guest_only_while_it_holds_its_mark() {
-        let throttle = Throttle::new(Quota(0.5), 2).unwrap();
-        let gate = throttle.gate(1);
-        assert!(!throttle.anyone_in_guest());
-        let in_guest = gate.enter();
-        assert!(throttle.anyone_in_guest());
-        drop(in_guest);
-        assert!(!throttle.anyone_in_guest());
+        within(Duration::from_secs(3), "entering an open gate", || {
+            let throttle = Throttle::new(Quota(0.5), 2).unwrap();
+            let gate = throttle.gate(1);
+            assert!(!throttle.anyone_in_guest());
+            let in_guest = gate.enter();
+            assert!(throttle.anyone_in_guest());
+            drop(in_guest);
+            assert!(!throttle.anyone_in_guest());
+        });
     }
 
     /// Runs `f` on another thread and fails the test if it takes more than
@@ -590,22 +593,24 @@ mod tests {
     /// vCPU is in the guest; its sleep until entry ends when one enters.
     #[test]
     fn the_controller_sleeps_until_its_deadline_or_an_entry() {
-        let throttle = Throttle::new(Quota(0.5), 2).unwrap();
-        let (gate0, gate1) = (throttle.gate(0), throttle.gate(1));
-        let in_guest = gate0.enter();
-        let started = Instant::now();
-        assert!(!throttle.sleep(Some(started + Duration::from_millis(30)), false));
-        assert!(started.elapsed() >= Duration::from_millis(30), "woke after {:?}", started.elapsed());
-        drop(in_guest);
-        let sleeper = throttle.clone();
-        let woke = std::thread::spawn(move || sleeper.sleep(None, true));
-        // Whether the vCPU enters before or after the controller sleeps, it wakes.
-        let _in_guest = gate1.enter();
-        assert!(!within(Duration::from_secs(3), "waking on an entry", move || woke.join().unwrap()));
-        let sleeper = throttle.clone();
-        let ended = std::thread::spawn(move || sleeper.sleep(None, false));
-        throttle.end();
-        assert!(within(Duration::from_secs(3), "waking on the end", move || ended.join().unwrap()));
+        within(Duration::from_secs(5), "the controller's sleeps", || {
+            let throttle = Throttle::new(Quota(0.5), 2).unwrap();
+            let (gate0, gate1) = (throttle.gate(0), throttle.gate(1));
+            let in_guest = gate0.enter();
+            let started = Instant::now();
+            assert!(!throttle.sleep(Some(started + Duration::from_millis(30)), false));
+            assert!(started.elapsed() >= Duration::from_millis(30), "woke after {:?}", started.elapsed());
+            drop(in_guest);
+            let sleeper = throttle.clone();
+            let woke = std::thread::spawn(move || sleeper.sleep(None, true));
+            // Whether the vCPU enters before or after the controller sleeps, it wakes.
+            let _in_guest = gate1.enter();
+            assert!(!within(Duration::from_secs(3), "waking on an entry", move || woke.join().unwrap()));
+            let sleeper = throttle.clone();
+            let ended = std::thread::spawn(move || sleeper.sleep(None, false));
+            throttle.end();
+            assert!(within(Duration::from_secs(3), "waking on the end", move || ended.join().unwrap()));
+        });
     }
 
     fn thread_cpu() -> Duration {
@@ -686,6 +691,17 @@ mod tests {
             .collect()
     }
 
+    /// Sets the fake vCPUs' stop flag when dropped, so that a test that
+    /// fails while they run lets them end, and the controller with them,
+    /// instead of leaving them spinning or the controller's drop waiting.
+    struct StopOnDrop(Arc<AtomicBool>);
+
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
     /// Stops the controller and the fake vCPUs as the VM does, within a
     /// limit, so that a controller that does not end, or a gate that does
     /// not open, fails the test instead of hanging it.
@@ -713,6 +729,7 @@ mod tests {
         let mut threads = fake_vcpus(&throttle, &stop, &used);
         let started = Instant::now();
         let controller = Controller::start(throttle, &mut threads).unwrap();
+        let _stop = StopOnDrop(stop.clone());
         assert!(threads.is_empty());
         std::thread::sleep(Duration::from_millis(500));
         stop_all(controller, &stop);
@@ -732,6 +749,7 @@ mod tests {
         let (stop, used) = (Arc::new(AtomicBool::new(false)), Arc::new(Used::default()));
         let mut threads = fake_vcpus(&throttle, &stop, &used);
         let controller = Controller::start(throttle.clone(), &mut threads).unwrap();
+        let _stop = StopOnDrop(stop.clone());
         let waited = Instant::now();
         while !throttle.closed.load(Ordering::SeqCst) {
             assert!(waited.elapsed() < Duration::from_secs(3), "the gate never closed");
@@ -751,6 +769,7 @@ mod tests {
         let (stop, used) = (Arc::new(AtomicBool::new(false)), Arc::new(Used::default()));
         let mut threads = fake_vcpus(&throttle, &stop, &used);
         let controller = Controller::start(throttle.clone(), &mut threads).unwrap();
+        let _stop = StopOnDrop(stop.clone());
         let waited = Instant::now();
         while !throttle.closed.load(Ordering::SeqCst) {
             assert!(waited.elapsed() < Duration::from_secs(3), "the gate never closed");
