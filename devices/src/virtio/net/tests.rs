@@ -54,9 +54,21 @@ fn bench() -> Bench {
     Bench { mem, dev, peer, vmm, irq }
 }
 
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
+/// Waits (10 s at most) until `cond`; fails at once if the device stopped
+/// meanwhile (its queues broken or its RX thread ended), since nothing will
+/// come after that.
+fn wait_until(dev: &VirtioNet, what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
+    loop {
+        // Looked at before `cond`: a device that got there and then stopped is fine.
+        let active = dev.active.as_ref().expect("the device is active");
+        let broken = active.interrupt.needs_reset();
+        let ended = active.rx_thread.as_ref().is_none_or(|t| t.is_finished());
+        if cond() {
+            return;
+        }
+        assert!(!broken, "the device asked for a reset while waiting until {what}");
+        assert!(!ended, "the RX thread ended while waiting until {what}");
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -85,8 +97,10 @@ fn mac_parsing_and_random_macs() {
         assert!(matches!(parse_mac(bad), Err(NetError::InvalidMac(_))), "{bad}");
     }
     assert!(matches!(parse_mac("01:00:5e:00:00:01"), Err(NetError::MulticastMac(_))));
-    let mac = random_mac();
-    assert_eq!(mac[0] & 3, 2, "locally administered unicast");
+    for _ in 0..64 {
+        let mac = random_mac();
+        assert_eq!(mac[0] & 3, 2, "locally administered unicast: {mac:02x?}");
+    }
     assert_ne!(random_mac(), random_mac());
 }
 
@@ -100,6 +114,56 @@ fn config_and_features() {
     assert_ne!(b.dev.features() & (1 << VIRTIO_NET_F_MAC), 0);
     assert_ne!(b.dev.features() & VIRTIO_F_VERSION_1, 0);
     assert_eq!(b.dev.queue_max_sizes(), &[256, 256]);
+    assert_eq!(b.dev.device_type(), 1);
+    assert_eq!(b.dev.mac(), MAC);
+}
+
+#[test]
+fn tx_frame_sizes_at_the_limits() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut tx = Driver::new(&mem, TX_RING, 16);
+    let big = frame(MAX_FRAME_LEN, 8);
+    b.mem.write_slice(&big, GuestAddress(BUFS + 12)).unwrap();
+    tx.add(&[(BUFS, 12 + MAX_FRAME_LEN as u32, false)]);
+    tx.add(&[(BUFS, 13 + MAX_FRAME_LEN as u32, false)]);
+    // A header and no frame: the backend decides (a TAP refuses it).
+    tx.add(&[(BUFS, 12, false)]);
+    b.dev.queue_notify(TX_QUEUE);
+    assert_eq!(peer_recv(&b.peer).unwrap(), big, "the largest frame goes whole");
+    assert_eq!(peer_recv(&b.peer).unwrap(), b"", "then the empty one; the one byte too big is dropped");
+    assert_eq!(peer_recv(&b.peer), None);
+    assert_eq!(tx.used_idx(), 3);
+    assert_eq!(b.dev.metrics().errors.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn tx_frames_the_backend_cannot_take_are_dropped() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut tx = Driver::new(&mem, TX_RING, 16);
+    b.mem.write_slice(&frame(1500, 1), GuestAddress(BUFS + 12)).unwrap();
+    // The peer reads nothing: its socket fills up and sends would block.
+    for _ in 0..10 {
+        for _ in 0..16 {
+            tx.add(&[(BUFS, 1512, false)]);
+        }
+        b.dev.queue_notify(TX_QUEUE);
+    }
+    let m = b.dev.metrics();
+    let (sent, dropped) = (m.tx_frames.load(Ordering::Relaxed), m.tx_dropped.load(Ordering::Relaxed));
+    assert_eq!(sent + dropped, 160);
+    assert!(dropped > 0, "the peer's socket never filled ({sent} sent)");
+    assert_eq!(m.errors.load(Ordering::Relaxed), 0, "a full backend is not an error");
+    // A backend that fails outright is one (emptied first, so that closing
+    // it does not also fail the RX side).
+    while peer_recv(&b.peer).is_some() {}
+    drop(b.peer);
+    tx.add(&[(BUFS, 1512, false)]);
+    b.dev.queue_notify(TX_QUEUE);
+    assert_eq!(m.tx_dropped.load(Ordering::Relaxed), dropped + 1);
+    assert_eq!(m.errors.load(Ordering::Relaxed), 1);
+    assert_eq!(tx.used_idx(), 161);
 }
 
 #[test]
@@ -169,7 +233,7 @@ fn rx_frame_lands_in_guest_memory_with_its_header() {
     b.dev.queue_notify(RX_QUEUE);
     let f = frame(100, 3);
     b.peer.send(&f).unwrap();
-    wait_until("the frame is used", || rx.used_idx() == 1);
+    wait_until(&b.dev, "the frame is used", || rx.used_idx() == 1);
     assert_eq!(rx.used_elem(0), (u32::from(head), 112));
     let mut header = [0xffu8; 12];
     b.mem.read_slice(&mut header, GuestAddress(BUFS)).unwrap();
@@ -177,7 +241,7 @@ fn rx_frame_lands_in_guest_memory_with_its_header() {
     let mut got = vec![0u8; 100];
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 0x100)).unwrap();
     assert_eq!(got, f);
-    wait_until("the VMM is notified", || b.vmm.count() == 1);
+    wait_until(&b.dev, "the VMM is notified", || b.vmm.count() == 1);
     assert_eq!(b.irq.status() & INT_USED_BUFFER, INT_USED_BUFFER);
     let m = b.dev.metrics();
     assert_eq!(m.rx_frames.load(Ordering::Relaxed), 1);
@@ -192,7 +256,7 @@ fn rx_without_buffers_keeps_the_frame_until_the_driver_adds_some() {
     let (f1, f2) = (frame(64, 1), frame(80, 2));
     b.peer.send(&f1).unwrap();
     let metrics = b.dev.metrics();
-    wait_until("the frame waits for a buffer", || metrics.rx_deferred.load(Ordering::Relaxed) == 1);
+    wait_until(&b.dev, "the frame waits for a buffer", || metrics.rx_deferred.load(Ordering::Relaxed) == 1);
     b.peer.send(&f2).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(rx.used_idx(), 0);
@@ -201,7 +265,7 @@ fn rx_without_buffers_keeps_the_frame_until_the_driver_adds_some() {
     rx.add(&[(BUFS, 2048, true)]);
     rx.add(&[(BUFS + 0x1000, 2048, true)]);
     b.dev.queue_notify(RX_QUEUE);
-    wait_until("both frames are used", || rx.used_idx() == 2);
+    wait_until(&b.dev, "both frames are used", || rx.used_idx() == 2);
     let mut got = vec![0u8; 64];
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
     assert_eq!(got, f1, "the kept frame comes first");
@@ -220,11 +284,11 @@ fn rx_frame_too_big_for_the_buffer_is_dropped_and_the_buffer_kept() {
     b.dev.queue_notify(RX_QUEUE);
     b.peer.send(&frame(100, 1)).unwrap();
     let metrics = b.dev.metrics();
-    wait_until("the big frame is dropped", || metrics.rx_dropped.load(Ordering::Relaxed) == 1);
+    wait_until(&b.dev, "the big frame is dropped", || metrics.rx_dropped.load(Ordering::Relaxed) == 1);
     assert_eq!(rx.used_idx(), 0);
     let small = frame(40, 9);
     b.peer.send(&small).unwrap();
-    wait_until("the small frame is used", || rx.used_idx() == 1);
+    wait_until(&b.dev, "the small frame is used", || rx.used_idx() == 1);
     assert_eq!(rx.used_elem(0), (u32::from(head), 52));
     let mut got = vec![0u8; 40];
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
@@ -241,7 +305,7 @@ fn rx_chain_outside_guest_memory_is_returned_and_the_frame_kept() {
     b.dev.queue_notify(RX_QUEUE);
     let f = frame(200, 4);
     b.peer.send(&f).unwrap();
-    wait_until("both chains are used", || rx.used_idx() == 2);
+    wait_until(&b.dev, "both chains are used", || rx.used_idx() == 2);
     assert_eq!(rx.used_all(), vec![(0, 0), (1, 212)]);
     let mut got = vec![0u8; 200];
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
@@ -256,7 +320,7 @@ fn broken_rx_ring_sets_needs_reset() {
     let rx = Driver::new(&mem, RX_RING, 16);
     rx.set_avail_idx(100);
     b.peer.send(&frame(60, 0)).unwrap();
-    wait_until("the device asks for a reset", || b.irq.needs_reset());
+    wait_until(&b.dev, "the device asks for a reset", || b.irq.needs_reset());
     assert_eq!(rx.used_idx(), 0);
 }
 
@@ -275,7 +339,7 @@ fn many_frames_are_delivered_in_order() {
             b.peer.send(&frame(60 + usize::from(i), round * 8 + i)).unwrap();
         }
         delivered += 8;
-        wait_until("the round is used", || rx.used_idx() == delivered);
+        wait_until(&b.dev, "the round is used", || rx.used_idx() == delivered);
         for i in 0..8u16 {
             let (id, len) = rx.used_elem(delivered - 8 + i);
             assert_eq!(len, 72 + u32::from(i));
@@ -310,7 +374,7 @@ fn reset_and_drop_stop_the_rx_thread() {
     let mut rx = Driver::new(&mem, RX_RING, 16);
     rx.add(&[(BUFS, 2048, true)]);
     b.dev.queue_notify(RX_QUEUE);
-    wait_until("the frame is used after re-activation", || rx.used_idx() == 1);
+    wait_until(&b.dev, "the frame is used after re-activation", || rx.used_idx() == 1);
 
     // Dropping a running device joins its thread.
     let (done_tx, done_rx) = std::sync::mpsc::channel();
