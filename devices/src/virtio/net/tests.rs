@@ -3,6 +3,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
@@ -261,6 +262,9 @@ fn rx_without_buffers_keeps_the_frame_until_the_driver_adds_some() {
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(rx.used_idx(), 0);
     assert_eq!(metrics.rx_dropped.load(Ordering::Relaxed), 0);
+    // While a frame waits, the thread waits too: the second frame in the
+    // backend does not wake it (it would find no buffer, over and over).
+    assert_eq!(metrics.rx_deferred.load(Ordering::Relaxed), 1, "the RX thread spins");
     assert_eq!(rx.used_flags(), 0, "the device wants refill notifications");
     rx.add(&[(BUFS, 2048, true)]);
     rx.add(&[(BUFS + 0x1000, 2048, true)]);
@@ -273,6 +277,10 @@ fn rx_without_buffers_keeps_the_frame_until_the_driver_adds_some() {
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 0x1000 + 12)).unwrap();
     assert_eq!(got, f2);
     assert_eq!(rx.used_all(), vec![(0, 76), (1, 92)]);
+    // Only the refill notification could have woken the thread for them; it
+    // read it, or epoll would keep waking it.
+    let refill = &b.dev.active.as_ref().unwrap().refill;
+    assert!(refill.read().is_err(), "the refill notification was left unread");
 }
 
 #[test]
@@ -393,4 +401,161 @@ fn activation_needs_two_queues() {
     let (_, irq) = interrupt();
     let q = Driver::new(&mem, RX_RING, 16).queue();
     assert!(matches!(dev.activate(mem.clone(), 0, vec![q], irq), Err(VirtioError::QueueCount { expected: 2, got: 1 })));
+}
+
+#[test]
+fn rx_buffer_of_exactly_the_frames_size_is_used() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 12 + 100, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    let f = frame(100, 6);
+    b.peer.send(&f).unwrap();
+    wait_until(&b.dev, "the frame is used", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (0, 112));
+    let mut got = vec![0u8; 100];
+    b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
+    assert_eq!(got, f);
+    assert_eq!(b.dev.metrics().rx_dropped.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn rx_refills_need_no_notification_while_buffers_last() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    for i in 0..4 {
+        rx.add(&[(BUFS + i * 0x1000, 2048, true)]);
+    }
+    b.dev.queue_notify(RX_QUEUE);
+    b.peer.send(&frame(60, 1)).unwrap();
+    wait_until(&b.dev, "the frame is used", || rx.used_idx() == 1);
+    let no_notify = virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+    assert_eq!(rx.used_flags(), no_notify, "three buffers are left: the driver need not notify");
+}
+
+#[test]
+fn rx_gives_up_on_an_available_ring_it_cannot_read() {
+    let (ours, peer) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut dev = VirtioNet::with_backend(Arc::new(Sock(ours)), MAC);
+    let mem = memory();
+    let (_, irq) = interrupt();
+    // The RX ring's index says one buffer is there; the entry lies past the end of RAM.
+    let mut rx = Queue::new(16).unwrap();
+    rx.set_desc_table_address(Some(0), Some(0));
+    rx.set_avail_ring_address(Some((MEM_SIZE - 4) as u32), Some(0));
+    rx.set_used_ring_address(Some(0x2000), Some(0));
+    rx.set_ready(true);
+    mem.write_obj(1u16, GuestAddress(MEM_SIZE - 2)).unwrap();
+    let tx = Driver::new(&mem, TX_RING, 16).queue();
+    dev.activate(mem.clone(), dev.features(), vec![rx, tx], irq.clone()).unwrap();
+    peer.send(&frame(60, 0)).unwrap();
+    wait_until(&dev, "the device asks for a reset", || irq.needs_reset());
+    assert_eq!(dev.metrics().rx_frames.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn rx_keeps_up_with_a_driver_adding_buffers_meanwhile() {
+    // With one buffer at a time the thread keeps running out, and
+    // buffers added between its last look and re-enabling notifications
+    // must neither be missed nor taken for a broken ring.
+    const FRAMES: u16 = 4000;
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let peer = b.peer.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut sent = 0;
+        while sent < FRAMES {
+            match peer.send(&frame(60, sent as u8)) {
+                Ok(_) => sent += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "the device stopped taking frames");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut added = 0u16;
+    while rx.used_idx() < FRAMES {
+        assert!(!b.irq.needs_reset(), "the queue broke after {} frames", rx.used_idx());
+        assert!(Instant::now() < deadline, "only {} frames delivered", rx.used_idx());
+        if added < FRAMES && added == rx.used_idx() {
+            rx.add(&[(BUFS + u64::from(added % 16) * 0x1000, 2048, true)]);
+            b.dev.queue_notify(RX_QUEUE);
+            added += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!(b.dev.metrics().rx_frames.load(Ordering::Relaxed), u64::from(FRAMES));
+}
+
+/// A backend whose `recv` fails with the scripted errors first.
+struct Scripted {
+    sock: UnixDatagram,
+    errors: std::sync::Mutex<Vec<io::ErrorKind>>,
+}
+
+impl AsRawFd for Scripted {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl NetBackend for Scripted {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.errors.lock().unwrap().pop() {
+            Some(kind) => Err(kind.into()),
+            None => self.sock.recv(buf),
+        }
+    }
+    fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        self.sock.send(frame)
+    }
+}
+
+fn scripted_bench(errors: Vec<io::ErrorKind>) -> (VirtioNet, UnixDatagram, GuestMemoryMmap) {
+    let (ours, peer) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let backend = Scripted { sock: ours, errors: std::sync::Mutex::new(errors) };
+    let mut dev = VirtioNet::with_backend(Arc::new(backend), MAC);
+    let mem = memory();
+    let (_, irq) = interrupt();
+    let rx = Driver::new(&mem, RX_RING, 16).queue();
+    let tx = Driver::new(&mem, TX_RING, 16).queue();
+    dev.activate(mem.clone(), dev.features(), vec![rx, tx], irq).unwrap();
+    (dev, peer, mem)
+}
+
+#[test]
+fn rx_retries_an_interrupted_read() {
+    let (mut dev, peer, mem) = scripted_bench(vec![io::ErrorKind::Interrupted]);
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 2048, true)]);
+    dev.queue_notify(RX_QUEUE);
+    peer.send(&frame(60, 2)).unwrap();
+    wait_until(&dev, "the frame is used", || rx.used_idx() == 1);
+    assert_eq!(dev.metrics().errors.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn rx_stops_when_the_backend_fails() {
+    let (mut dev, peer, mem) = scripted_bench(vec![io::ErrorKind::ConnectionReset]);
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 2048, true)]);
+    dev.queue_notify(RX_QUEUE);
+    peer.send(&frame(60, 2)).unwrap();
+    let metrics = dev.metrics();
+    wait_until(&dev, "the failure is counted", || metrics.errors.load(Ordering::Relaxed) == 1);
+    // The backend is not read again: the frame stays where it is.
+    peer.send(&frame(60, 3)).unwrap();
+    dev.queue_notify(RX_QUEUE);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rx.used_idx(), 0);
+    assert_eq!(metrics.errors.load(Ordering::Relaxed), 1);
 }
