@@ -559,3 +559,30 @@ fn rx_stops_when_the_backend_fails() {
     assert_eq!(rx.used_idx(), 0);
     assert_eq!(metrics.errors.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn rx_survives_a_signal_interrupting_its_wait() {
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: the handler does nothing, so it is async-signal-safe; nothing
+    // else in the test process uses SIGUSR2.
+    let old = unsafe { libc::signal(libc::SIGUSR2, ignore as *const () as libc::sighandler_t) };
+    assert_ne!(old, libc::SIG_ERR);
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let thread = {
+        use std::os::unix::thread::JoinHandleExt;
+        b.dev.active.as_ref().unwrap().rx_thread.as_ref().unwrap().as_pthread_t()
+    };
+    // epoll_wait fails with EINTR whenever a handler runs: a few signals, so
+    // that some arrive while the thread waits.
+    for _ in 0..5 {
+        // SAFETY: `thread` is the RX thread, joinable until the device is dropped.
+        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rx.add(&[(BUFS, 2048, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    b.peer.send(&frame(60, 4)).unwrap();
+    wait_until(&b.dev, "the frame is used", || rx.used_idx() == 1);
+}
