@@ -180,7 +180,8 @@ fn config_space_takes_any_width() {
     t.read(MMIO_LEN - 4, &mut eight[..4]);
     assert_eq!(eight[..4], [0; 4]);
     t.write(CONFIG + 1, &[9, 9]);
-    assert_eq!(*events.lock().unwrap(), vec![Event::WriteConfig(1, vec![9, 9])]);
+    t.write(CONFIG + 6, &[8]);
+    assert_eq!(*events.lock().unwrap(), vec![Event::WriteConfig(1, vec![9, 9]), Event::WriteConfig(6, vec![8])]);
 }
 
 #[test]

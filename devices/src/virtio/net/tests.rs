@@ -362,7 +362,13 @@ fn many_frames_are_delivered_in_order() {
 #[test]
 fn reset_and_drop_stop_the_rx_thread() {
     let mut b = bench();
-    b.dev.reset();
+    // On a thread: a reset that never joins fails the test instead of hanging it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        b.dev.reset();
+        done_tx.send(b).unwrap();
+    });
+    let mut b = done_rx.recv_timeout(Duration::from_secs(10)).expect("reset joined the RX thread");
     // No thread reads the backend any more: the frame stays in the socket.
     b.peer.send(&frame(60, 0)).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -384,13 +390,15 @@ fn reset_and_drop_stop_the_rx_thread() {
     b.dev.queue_notify(RX_QUEUE);
     wait_until(&b.dev, "the frame is used after re-activation", || rx.used_idx() == 1);
 
-    // Dropping a running device joins its thread.
+    // Dropping a running device joins its thread, which lets go of what it shared.
+    let metrics = b.dev.metrics();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(b);
         done_tx.send(()).unwrap();
     });
     done_rx.recv_timeout(Duration::from_secs(10)).expect("drop joined the RX thread");
+    assert_eq!(Arc::strong_count(&metrics), 1, "the RX thread still runs");
 }
 
 #[test]
