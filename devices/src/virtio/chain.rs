@@ -268,7 +268,11 @@ pub(crate) fn needs_notification(queue: &mut Queue, mem: &GuestMemoryMmap) -> Re
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::virtio::test_utils::{memory, Driver, MEM_SIZE};
 
     fn segs() -> Vec<Segment> {
         vec![
@@ -310,5 +314,65 @@ mod tests {
         assert!(scatter(&mem, &outside, 0, b"wxyz").is_err());
         let wraps = [Segment { addr: GuestAddress(u64::MAX - 1), len: 16 }];
         assert!(!in_guest_memory(&mem, &wraps, 0, 16));
+    }
+
+    #[test]
+    fn drain_gives_up_on_an_available_ring_it_cannot_read() {
+        let mem = memory();
+        // The ring's index is in guest memory and says one chain is there;
+        // the ring entry itself lies past the end.
+        let mut queue = Queue::new(16).unwrap();
+        queue.set_desc_table_address(Some(0), Some(0));
+        queue.set_avail_ring_address(Some((MEM_SIZE - 4) as u32), Some(0));
+        queue.set_used_ring_address(Some(0x1000), Some(0));
+        queue.set_ready(true);
+        mem.write_obj(1u16, GuestAddress(MEM_SIZE - 2)).unwrap();
+        // On a thread: a drain that loops forever fails the test instead of hanging it.
+        let (done, result) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut handled = 0;
+            let broken = drain(&mut queue, &mem, &mut Chain::default(), |_| {
+                handled += 1;
+                0
+            });
+            done.send((broken, handled)).unwrap();
+        });
+        let outcome = result.recv_timeout(Duration::from_secs(10)).expect("drain returned");
+        assert_eq!(outcome, (Err(QueueBroken::AvailRing), 0));
+    }
+
+    #[test]
+    fn drain_keeps_up_with_a_driver_adding_chains_meanwhile() {
+        // Chains published while drain runs (between its last pop and
+        // re-enabling notifications, now and then) are neither lost nor
+        // taken for a broken ring.
+        const CHAINS: u16 = 5000;
+        let mem = memory();
+        let mut queue = Driver::new(&mem, 0, 16).queue();
+        let driver_mem = mem.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let driver = std::thread::spawn(move || {
+            let mut d = Driver::new(&driver_mem, 0, 16);
+            for published in 0..CHAINS {
+                // At most a queue's worth in flight: descriptors are reused.
+                while published.wrapping_sub(d.used_idx()) >= 16 {
+                    assert!(Instant::now() < deadline, "the device stopped taking chains");
+                    std::thread::yield_now();
+                }
+                d.add(&[(0x8000, 1, false)]);
+            }
+        });
+        let mut chain = Chain::default();
+        let mut handled = 0u16;
+        while handled < CHAINS {
+            let result = drain(&mut queue, &mem, &mut chain, |_| {
+                handled += 1;
+                0
+            });
+            assert!(result.is_ok(), "{result:?} after {handled} chains");
+            assert!(Instant::now() < deadline, "only {handled} chains handled");
+        }
+        driver.join().unwrap();
+        assert_eq!(handled, CHAINS);
     }
 }

@@ -250,6 +250,15 @@ mod tests {
     }
 
     #[test]
+    fn error_chain_names_every_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let err = Outer(std::io::Error::other("inner"));
+        assert_eq!(error_chain(&err), "outer: inner");
+    }
+
+    #[test]
     fn guest_error_log_is_limited() {
         let log = GuestErrorLog::default();
         let allowed = (0..100).filter(|_| log.allow("test")).count() as u64;

@@ -24,7 +24,10 @@
 //!
 //! Data moves between the image and guest memory with read(2)/write(2)
 //! straight into and out of guest RAM (vm-memory's volatile I/O on the file,
-//! after a seek), never further than the range checked above.
+//! after a seek), never further than the range checked above. Every buffer
+//! of a request is checked against guest memory before its first byte moves:
+//! a request with one buffer straddling the end of RAM moves nothing, neither
+//! into the image nor into guest memory.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -334,6 +337,9 @@ fn execute(disk: &Disk, mem: &GuestMemoryMmap, chain: &Chain, metrics: &BlockMet
         }
         VIRTIO_BLK_T_GET_ID => {
             let n = writable.min(ID_LEN as u64);
+            if !chain::in_guest_memory(mem, &chain.writable, 0, n) {
+                return Err(RequestError::GuestMemory);
+            }
             chain::scatter(mem, &chain.writable, 0, &disk.id[..n as usize]).map_err(|_| RequestError::GuestMemory)?;
             Ok(n)
         }

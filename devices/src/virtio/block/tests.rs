@@ -96,6 +96,8 @@ fn config_and_features() {
     assert_eq!(u32::from_le_bytes(word), 254, "seg_max");
     b.dev.read_config(20, &mut word);
     assert_eq!(u32::from_le_bytes(word), 512, "blk_size");
+    assert_eq!(b.dev.device_type(), 2);
+    assert_eq!(b.dev.queue_max_sizes(), &[256]);
     let f = b.dev.features();
     assert_ne!(f & VIRTIO_F_VERSION_1, 0);
     assert_ne!(f & (1 << VIRTIO_BLK_F_RO), 0);
@@ -152,6 +154,49 @@ fn write_reaches_the_image() {
     assert_eq!(b.file_bytes(512, 512), pattern(512, 512), "neighbours untouched");
     assert_eq!(b.file_bytes(4 * 512, 512), pattern(4 * 512, 512));
     assert_eq!(b.dev.metrics().write_bytes.load(Ordering::Relaxed), 1024);
+}
+
+#[test]
+fn write_spans_buffers() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut d = Driver::new(&mem, 0, 16);
+    b.header(VIRTIO_BLK_T_OUT, 2);
+    b.mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+    b.mem.write_slice(&[0xcd; 1024], GuestAddress(DATA + 0x1000)).unwrap();
+    // The header's descriptor also carries the first 100 data bytes.
+    b.mem.write_slice(&[0xef; 100], GuestAddress(HDR + 16)).unwrap();
+    d.add(&[(HDR, 116, false), (DATA, 512, false), (DATA + 0x1000, 412, false), (STATUS, 1, true)]);
+    b.dev.queue_notify(0);
+    assert_eq!(b.status(), OK);
+    let mut expected = vec![0xef; 100];
+    expected.extend([0xab; 512]);
+    expected.extend([0xcd; 412]);
+    assert_eq!(b.file_bytes(2 * 512, 1024), expected);
+    assert_eq!(b.file_bytes(4 * 512, 512), pattern(4 * 512, 512), "nothing past the request");
+}
+
+#[test]
+fn empty_descriptors_after_the_status_byte_are_skipped() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut d = Driver::new(&mem, 0, 16);
+    b.header(VIRTIO_BLK_T_IN, 0);
+    d.add(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true), (DATA + 0x1000, 0, true)]);
+    b.dev.queue_notify(0);
+    assert_eq!(b.status(), OK);
+    assert_eq!(d.used_all(), vec![(0, 513)]);
+    let mut got = vec![0u8; 512];
+    b.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, pattern(0, 512));
+}
+
+#[test]
+fn host_io_errors_keep_their_kind() {
+    let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+    assert_eq!(to_io(vm_memory::GuestMemoryError::IOError(denied)).kind(), std::io::ErrorKind::PermissionDenied);
+    let other = to_io(vm_memory::GuestMemoryError::InvalidGuestAddress(GuestAddress(7)));
+    assert_eq!(other.kind(), std::io::ErrorKind::Other);
 }
 
 #[test]
@@ -327,6 +372,82 @@ fn buffers_outside_guest_memory_are_ioerr() {
     assert_eq!(d.used_elem(4).1, 0);
     assert_eq!(b.errors(), 5);
     assert_eq!(b.file_bytes(0, 512), pattern(0, 512));
+}
+
+/// Fills the last 512 bytes of guest RAM with a marker the device must not disturb.
+fn mark_end_of_ram(b: &Bench) {
+    b.mem.write_slice(&[0x5a; 512], GuestAddress(MEM_SIZE - 512)).unwrap();
+}
+
+fn end_of_ram(b: &Bench) -> Vec<u8> {
+    let mut got = vec![0u8; 512];
+    b.mem.read_slice(&mut got, GuestAddress(MEM_SIZE - 512)).unwrap();
+    got
+}
+
+#[test]
+fn write_straddling_the_end_of_guest_memory_leaves_the_image_untouched() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut d = Driver::new(&mem, 0, 16);
+    mark_end_of_ram(&b);
+    // Half in guest RAM, half past its end: a device that wrote what it could
+    // read would put those 256 bytes into the image.
+    b.header(VIRTIO_BLK_T_OUT, 1);
+    d.add(&[(HDR, 16, false), (MEM_SIZE - 256, 512, false), (STATUS, 1, true)]);
+    b.dev.queue_notify(0);
+    assert_eq!(b.status(), IOERR);
+    assert_eq!(d.used_all(), vec![(0, 1)]);
+    // A good first buffer followed by a straddling one: nothing of either.
+    b.mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+    b.header(VIRTIO_BLK_T_OUT, 1);
+    d.add(&[(HDR, 16, false), (DATA, 512, false), (MEM_SIZE - 256, 512, false), (STATUS, 1, true)]);
+    b.dev.queue_notify(0);
+    assert_eq!(b.status(), IOERR);
+    assert_eq!(d.used_elem(1), (3, 1));
+    let image = b.file_bytes(0, (SECTORS * SECTOR_SIZE) as usize);
+    let changed = image.iter().zip(pattern(0, image.len())).position(|(a, b)| *a != b);
+    assert_eq!(changed, None, "the first byte of the image that changed");
+    assert_eq!(b.dev.metrics().write_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(b.errors(), 2);
+}
+
+#[test]
+fn read_straddling_the_end_of_guest_memory_leaves_guest_memory_untouched() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut d = Driver::new(&mem, 0, 16);
+    mark_end_of_ram(&b);
+    b.mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+    b.header(VIRTIO_BLK_T_IN, 0);
+    d.add(&[(HDR, 16, false), (MEM_SIZE - 256, 512, true), (STATUS, 1, true)]);
+    b.dev.queue_notify(0);
+    assert_eq!(b.status(), IOERR);
+    assert_eq!(d.used_all(), vec![(0, 1)], "no data bytes written");
+    b.header(VIRTIO_BLK_T_IN, 0);
+    d.add(&[(HDR, 16, false), (DATA, 512, true), (MEM_SIZE - 256, 512, true), (STATUS, 1, true)]);
+    b.dev.queue_notify(0);
+    assert_eq!(b.status(), IOERR);
+    assert_eq!(d.used_elem(1), (3, 1));
+    assert_eq!(end_of_ram(&b), vec![0x5a; 512], "the part inside guest RAM was not filled");
+    let mut data = vec![0u8; 512];
+    b.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+    assert_eq!(data, vec![0xab; 512], "nor the good buffer before it");
+    assert_eq!(b.dev.metrics().read_bytes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn get_id_straddling_the_end_of_guest_memory_writes_nothing() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut d = Driver::new(&mem, 0, 16);
+    mark_end_of_ram(&b);
+    b.header(VIRTIO_BLK_T_GET_ID, 0);
+    d.add(&[(HDR, 16, false), (MEM_SIZE - 8, 20, true), (STATUS, 1, true)]);
+    b.dev.queue_notify(0);
+    assert_eq!(b.status(), IOERR);
+    assert_eq!(d.used_all(), vec![(0, 1)]);
+    assert_eq!(end_of_ram(&b), vec![0x5a; 512]);
 }
 
 #[test]

@@ -270,6 +270,20 @@ fn chain_over_the_byte_cap_is_dropped_but_returned() {
 }
 
 #[test]
+fn chain_of_exactly_the_byte_cap_is_output() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut tx = Driver::new(&mem, TX_RING, 16);
+    let half = (MAX_CHAIN_BYTES / 2) as u32;
+    let data = pattern(half as usize, 5);
+    b.put(BUFS, &data);
+    tx.add(&[(BUFS, half, false), (BUFS, half, false)]);
+    b.dev.queue_notify(TRANSMIT_QUEUE);
+    assert_eq!(b.sink.data(), [data.clone(), data].concat());
+    assert_eq!(b.metric(|m| &m.dropped_chains), 0);
+}
+
+#[test]
 fn empty_chain_is_returned_with_no_output() {
     let mut b = bench();
     let mem = b.mem.clone();

@@ -142,15 +142,34 @@ mod tests {
     }
 
     #[test]
-    fn opening_a_tap_either_works_or_says_what_to_do() {
-        // Unprivileged, this attaches to nothing and must explain itself;
-        // with CAP_NET_ADMIN it creates a TAP that vanishes when closed.
+    fn opening_a_missing_tap_creates_it_or_says_what_to_do() {
         let name = format!("mvmt{}", std::process::id() % 100_000);
-        match Tap::open(&name) {
-            Ok(tap) => assert_eq!(tap.name(), name),
-            Err(TapError::PermissionDenied { name: n } | TapError::Busy { name: n }) => assert_eq!(n, name),
-            Err(TapError::NoTunDevice(_) | TapError::OpenTun(_)) => {}
-            Err(other) => panic!("unexpected error: {other}"),
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // Unprivileged: nothing is created, and the error names the TAP.
+            match Tap::open(&name) {
+                Err(TapError::PermissionDenied { name: n }) => assert_eq!(n, name),
+                other => panic!("expected PermissionDenied, got {:?}", other.map(|t| t.name().to_owned())),
+            }
+        } else {
+            // As root: created, in a network namespace of a thread of its own
+            // (never among the host's interfaces), and gone once closed.
+            std::thread::spawn(move || {
+                // SAFETY: unshare has no memory-safety preconditions; it moves
+                // only this thread into a new network namespace.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "{}", io::Error::last_os_error());
+                let c_name = std::ffi::CString::new(name.clone()).unwrap();
+                // SAFETY: `c_name` is a valid NUL-terminated string.
+                let index = || unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+                assert_eq!(index(), 0);
+                let tap = Tap::open(&name).unwrap();
+                assert_eq!(tap.name(), name);
+                assert_ne!(index(), 0, "the TAP exists while open");
+                drop(tap);
+                assert_eq!(index(), 0, "a TAP mvm created is gone once closed");
+            })
+            .join()
+            .unwrap();
         }
         let msg = TapError::PermissionDenied { name: "tap0".into() }.to_string();
         assert!(msg.contains("sudo ip tuntap add tap0 mode tap user $USER"), "{msg}");

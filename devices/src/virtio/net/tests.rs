@@ -3,6 +3,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
@@ -54,9 +55,21 @@ fn bench() -> Bench {
     Bench { mem, dev, peer, vmm, irq }
 }
 
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
+/// Waits (10 s at most) until `cond`; fails at once if the device stopped
+/// meanwhile (its queues broken or its RX thread ended), since nothing will
+/// come after that.
+fn wait_until(dev: &VirtioNet, what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
+    loop {
+        // Looked at before `cond`: a device that got there and then stopped is fine.
+        let active = dev.active.as_ref().expect("the device is active");
+        let broken = active.interrupt.needs_reset();
+        let ended = active.rx_thread.as_ref().is_none_or(|t| t.is_finished());
+        if cond() {
+            return;
+        }
+        assert!(!broken, "the device asked for a reset while waiting until {what}");
+        assert!(!ended, "the RX thread ended while waiting until {what}");
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -85,8 +98,10 @@ fn mac_parsing_and_random_macs() {
         assert!(matches!(parse_mac(bad), Err(NetError::InvalidMac(_))), "{bad}");
     }
     assert!(matches!(parse_mac("01:00:5e:00:00:01"), Err(NetError::MulticastMac(_))));
-    let mac = random_mac();
-    assert_eq!(mac[0] & 3, 2, "locally administered unicast");
+    for _ in 0..64 {
+        let mac = random_mac();
+        assert_eq!(mac[0] & 3, 2, "locally administered unicast: {mac:02x?}");
+    }
     assert_ne!(random_mac(), random_mac());
 }
 
@@ -100,6 +115,56 @@ fn config_and_features() {
     assert_ne!(b.dev.features() & (1 << VIRTIO_NET_F_MAC), 0);
     assert_ne!(b.dev.features() & VIRTIO_F_VERSION_1, 0);
     assert_eq!(b.dev.queue_max_sizes(), &[256, 256]);
+    assert_eq!(b.dev.device_type(), 1);
+    assert_eq!(b.dev.mac(), MAC);
+}
+
+#[test]
+fn tx_frame_sizes_at_the_limits() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut tx = Driver::new(&mem, TX_RING, 16);
+    let big = frame(MAX_FRAME_LEN, 8);
+    b.mem.write_slice(&big, GuestAddress(BUFS + 12)).unwrap();
+    tx.add(&[(BUFS, 12 + MAX_FRAME_LEN as u32, false)]);
+    tx.add(&[(BUFS, 13 + MAX_FRAME_LEN as u32, false)]);
+    // A header and no frame: the backend decides (a TAP refuses it).
+    tx.add(&[(BUFS, 12, false)]);
+    b.dev.queue_notify(TX_QUEUE);
+    assert_eq!(peer_recv(&b.peer).unwrap(), big, "the largest frame goes whole");
+    assert_eq!(peer_recv(&b.peer).unwrap(), b"", "then the empty one; the one byte too big is dropped");
+    assert_eq!(peer_recv(&b.peer), None);
+    assert_eq!(tx.used_idx(), 3);
+    assert_eq!(b.dev.metrics().errors.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn tx_frames_the_backend_cannot_take_are_dropped() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut tx = Driver::new(&mem, TX_RING, 16);
+    b.mem.write_slice(&frame(1500, 1), GuestAddress(BUFS + 12)).unwrap();
+    // The peer reads nothing: its socket fills up and sends would block.
+    for _ in 0..10 {
+        for _ in 0..16 {
+            tx.add(&[(BUFS, 1512, false)]);
+        }
+        b.dev.queue_notify(TX_QUEUE);
+    }
+    let m = b.dev.metrics();
+    let (sent, dropped) = (m.tx_frames.load(Ordering::Relaxed), m.tx_dropped.load(Ordering::Relaxed));
+    assert_eq!(sent + dropped, 160);
+    assert!(dropped > 0, "the peer's socket never filled ({sent} sent)");
+    assert_eq!(m.errors.load(Ordering::Relaxed), 0, "a full backend is not an error");
+    // A backend that fails outright is one (emptied first, so that closing
+    // it does not also fail the RX side).
+    while peer_recv(&b.peer).is_some() {}
+    drop(b.peer);
+    tx.add(&[(BUFS, 1512, false)]);
+    b.dev.queue_notify(TX_QUEUE);
+    assert_eq!(m.tx_dropped.load(Ordering::Relaxed), dropped + 1);
+    assert_eq!(m.errors.load(Ordering::Relaxed), 1);
+    assert_eq!(tx.used_idx(), 161);
 }
 
 #[test]
@@ -169,7 +234,7 @@ fn rx_frame_lands_in_guest_memory_with_its_header() {
     b.dev.queue_notify(RX_QUEUE);
     let f = frame(100, 3);
     b.peer.send(&f).unwrap();
-    wait_until("the frame is used", || rx.used_idx() == 1);
+    wait_until(&b.dev, "the frame is used", || rx.used_idx() == 1);
     assert_eq!(rx.used_elem(0), (u32::from(head), 112));
     let mut header = [0xffu8; 12];
     b.mem.read_slice(&mut header, GuestAddress(BUFS)).unwrap();
@@ -177,7 +242,7 @@ fn rx_frame_lands_in_guest_memory_with_its_header() {
     let mut got = vec![0u8; 100];
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 0x100)).unwrap();
     assert_eq!(got, f);
-    wait_until("the VMM is notified", || b.vmm.count() == 1);
+    wait_until(&b.dev, "the VMM is notified", || b.vmm.count() == 1);
     assert_eq!(b.irq.status() & INT_USED_BUFFER, INT_USED_BUFFER);
     let m = b.dev.metrics();
     assert_eq!(m.rx_frames.load(Ordering::Relaxed), 1);
@@ -192,16 +257,19 @@ fn rx_without_buffers_keeps_the_frame_until_the_driver_adds_some() {
     let (f1, f2) = (frame(64, 1), frame(80, 2));
     b.peer.send(&f1).unwrap();
     let metrics = b.dev.metrics();
-    wait_until("the frame waits for a buffer", || metrics.rx_deferred.load(Ordering::Relaxed) == 1);
+    wait_until(&b.dev, "the frame waits for a buffer", || metrics.rx_deferred.load(Ordering::Relaxed) == 1);
     b.peer.send(&f2).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(rx.used_idx(), 0);
     assert_eq!(metrics.rx_dropped.load(Ordering::Relaxed), 0);
+    // While a frame waits, the thread waits too: the second frame in the
+    // backend does not wake it (it would find no buffer, over and over).
+    assert_eq!(metrics.rx_deferred.load(Ordering::Relaxed), 1, "the RX thread spins");
     assert_eq!(rx.used_flags(), 0, "the device wants refill notifications");
     rx.add(&[(BUFS, 2048, true)]);
     rx.add(&[(BUFS + 0x1000, 2048, true)]);
     b.dev.queue_notify(RX_QUEUE);
-    wait_until("both frames are used", || rx.used_idx() == 2);
+    wait_until(&b.dev, "both frames are used", || rx.used_idx() == 2);
     let mut got = vec![0u8; 64];
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
     assert_eq!(got, f1, "the kept frame comes first");
@@ -209,6 +277,10 @@ fn rx_without_buffers_keeps_the_frame_until_the_driver_adds_some() {
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 0x1000 + 12)).unwrap();
     assert_eq!(got, f2);
     assert_eq!(rx.used_all(), vec![(0, 76), (1, 92)]);
+    // Only the refill notification could have woken the thread for them; it
+    // read it, or epoll would keep waking it.
+    let refill = &b.dev.active.as_ref().unwrap().refill;
+    assert!(refill.read().is_err(), "the refill notification was left unread");
 }
 
 #[test]
@@ -220,11 +292,11 @@ fn rx_frame_too_big_for_the_buffer_is_dropped_and_the_buffer_kept() {
     b.dev.queue_notify(RX_QUEUE);
     b.peer.send(&frame(100, 1)).unwrap();
     let metrics = b.dev.metrics();
-    wait_until("the big frame is dropped", || metrics.rx_dropped.load(Ordering::Relaxed) == 1);
+    wait_until(&b.dev, "the big frame is dropped", || metrics.rx_dropped.load(Ordering::Relaxed) == 1);
     assert_eq!(rx.used_idx(), 0);
     let small = frame(40, 9);
     b.peer.send(&small).unwrap();
-    wait_until("the small frame is used", || rx.used_idx() == 1);
+    wait_until(&b.dev, "the small frame is used", || rx.used_idx() == 1);
     assert_eq!(rx.used_elem(0), (u32::from(head), 52));
     let mut got = vec![0u8; 40];
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
@@ -241,7 +313,7 @@ fn rx_chain_outside_guest_memory_is_returned_and_the_frame_kept() {
     b.dev.queue_notify(RX_QUEUE);
     let f = frame(200, 4);
     b.peer.send(&f).unwrap();
-    wait_until("both chains are used", || rx.used_idx() == 2);
+    wait_until(&b.dev, "both chains are used", || rx.used_idx() == 2);
     assert_eq!(rx.used_all(), vec![(0, 0), (1, 212)]);
     let mut got = vec![0u8; 200];
     b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
@@ -256,7 +328,7 @@ fn broken_rx_ring_sets_needs_reset() {
     let rx = Driver::new(&mem, RX_RING, 16);
     rx.set_avail_idx(100);
     b.peer.send(&frame(60, 0)).unwrap();
-    wait_until("the device asks for a reset", || b.irq.needs_reset());
+    wait_until(&b.dev, "the device asks for a reset", || b.irq.needs_reset());
     assert_eq!(rx.used_idx(), 0);
 }
 
@@ -275,7 +347,7 @@ fn many_frames_are_delivered_in_order() {
             b.peer.send(&frame(60 + usize::from(i), round * 8 + i)).unwrap();
         }
         delivered += 8;
-        wait_until("the round is used", || rx.used_idx() == delivered);
+        wait_until(&b.dev, "the round is used", || rx.used_idx() == delivered);
         for i in 0..8u16 {
             let (id, len) = rx.used_elem(delivered - 8 + i);
             assert_eq!(len, 72 + u32::from(i));
@@ -290,7 +362,13 @@ fn many_frames_are_delivered_in_order() {
 #[test]
 fn reset_and_drop_stop_the_rx_thread() {
     let mut b = bench();
-    b.dev.reset();
+    // On a thread: a reset that never joins fails the test instead of hanging it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        b.dev.reset();
+        done_tx.send(b).unwrap();
+    });
+    let mut b = done_rx.recv_timeout(Duration::from_secs(10)).expect("reset joined the RX thread");
     // No thread reads the backend any more: the frame stays in the socket.
     b.peer.send(&frame(60, 0)).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -310,15 +388,17 @@ fn reset_and_drop_stop_the_rx_thread() {
     let mut rx = Driver::new(&mem, RX_RING, 16);
     rx.add(&[(BUFS, 2048, true)]);
     b.dev.queue_notify(RX_QUEUE);
-    wait_until("the frame is used after re-activation", || rx.used_idx() == 1);
+    wait_until(&b.dev, "the frame is used after re-activation", || rx.used_idx() == 1);
 
-    // Dropping a running device joins its thread.
+    // Dropping a running device joins its thread, which lets go of what it shared.
+    let metrics = b.dev.metrics();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(b);
         done_tx.send(()).unwrap();
     });
     done_rx.recv_timeout(Duration::from_secs(10)).expect("drop joined the RX thread");
+    assert_eq!(Arc::strong_count(&metrics), 1, "the RX thread still runs");
 }
 
 #[test]
@@ -329,4 +409,188 @@ fn activation_needs_two_queues() {
     let (_, irq) = interrupt();
     let q = Driver::new(&mem, RX_RING, 16).queue();
     assert!(matches!(dev.activate(mem.clone(), 0, vec![q], irq), Err(VirtioError::QueueCount { expected: 2, got: 1 })));
+}
+
+#[test]
+fn rx_buffer_of_exactly_the_frames_size_is_used() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 12 + 100, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    let f = frame(100, 6);
+    b.peer.send(&f).unwrap();
+    wait_until(&b.dev, "the frame is used", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (0, 112));
+    let mut got = vec![0u8; 100];
+    b.mem.read_slice(&mut got, GuestAddress(BUFS + 12)).unwrap();
+    assert_eq!(got, f);
+    assert_eq!(b.dev.metrics().rx_dropped.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn rx_refills_need_no_notification_while_buffers_last() {
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    for i in 0..4 {
+        rx.add(&[(BUFS + i * 0x1000, 2048, true)]);
+    }
+    b.dev.queue_notify(RX_QUEUE);
+    b.peer.send(&frame(60, 1)).unwrap();
+    wait_until(&b.dev, "the frame is used", || rx.used_idx() == 1);
+    let no_notify = virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+    assert_eq!(rx.used_flags(), no_notify, "three buffers are left: the driver need not notify");
+}
+
+#[test]
+fn rx_gives_up_on_an_available_ring_it_cannot_read() {
+    let (ours, peer) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut dev = VirtioNet::with_backend(Arc::new(Sock(ours)), MAC);
+    let mem = memory();
+    let (_, irq) = interrupt();
+    // The RX ring's index says one buffer is there; the entry lies past the end of RAM.
+    let mut rx = Queue::new(16).unwrap();
+    rx.set_desc_table_address(Some(0), Some(0));
+    rx.set_avail_ring_address(Some((MEM_SIZE - 4) as u32), Some(0));
+    rx.set_used_ring_address(Some(0x2000), Some(0));
+    rx.set_ready(true);
+    mem.write_obj(1u16, GuestAddress(MEM_SIZE - 2)).unwrap();
+    let tx = Driver::new(&mem, TX_RING, 16).queue();
+    dev.activate(mem.clone(), dev.features(), vec![rx, tx], irq.clone()).unwrap();
+    peer.send(&frame(60, 0)).unwrap();
+    wait_until(&dev, "the device asks for a reset", || irq.needs_reset());
+    assert_eq!(dev.metrics().rx_frames.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn rx_keeps_up_with_a_driver_adding_buffers_meanwhile() {
+    // With one buffer at a time the thread keeps running out, and
+    // buffers added between its last look and re-enabling notifications
+    // must neither be missed nor taken for a broken ring.
+    const FRAMES: u16 = 4000;
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let peer = b.peer.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut sent = 0;
+        while sent < FRAMES {
+            match peer.send(&frame(60, sent as u8)) {
+                Ok(_) => sent += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "the device stopped taking frames");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut added = 0u16;
+    while rx.used_idx() < FRAMES {
+        assert!(!b.irq.needs_reset(), "the queue broke after {} frames", rx.used_idx());
+        assert!(Instant::now() < deadline, "only {} frames delivered", rx.used_idx());
+        if added < FRAMES && added == rx.used_idx() {
+            rx.add(&[(BUFS + u64::from(added % 16) * 0x1000, 2048, true)]);
+            b.dev.queue_notify(RX_QUEUE);
+            added += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!(b.dev.metrics().rx_frames.load(Ordering::Relaxed), u64::from(FRAMES));
+}
+
+/// A backend whose `recv` fails with the scripted errors first.
+struct Scripted {
+    sock: UnixDatagram,
+    errors: std::sync::Mutex<Vec<io::ErrorKind>>,
+}
+
+impl AsRawFd for Scripted {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl NetBackend for Scripted {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.errors.lock().unwrap().pop() {
+            Some(kind) => Err(kind.into()),
+            None => self.sock.recv(buf),
+        }
+    }
+    fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        self.sock.send(frame)
+    }
+}
+
+fn scripted_bench(errors: Vec<io::ErrorKind>) -> (VirtioNet, UnixDatagram, GuestMemoryMmap) {
+    let (ours, peer) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let backend = Scripted { sock: ours, errors: std::sync::Mutex::new(errors) };
+    let mut dev = VirtioNet::with_backend(Arc::new(backend), MAC);
+    let mem = memory();
+    let (_, irq) = interrupt();
+    let rx = Driver::new(&mem, RX_RING, 16).queue();
+    let tx = Driver::new(&mem, TX_RING, 16).queue();
+    dev.activate(mem.clone(), dev.features(), vec![rx, tx], irq).unwrap();
+    (dev, peer, mem)
+}
+
+#[test]
+fn rx_retries_an_interrupted_read() {
+    let (mut dev, peer, mem) = scripted_bench(vec![io::ErrorKind::Interrupted]);
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 2048, true)]);
+    dev.queue_notify(RX_QUEUE);
+    peer.send(&frame(60, 2)).unwrap();
+    wait_until(&dev, "the frame is used", || rx.used_idx() == 1);
+    assert_eq!(dev.metrics().errors.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn rx_stops_when_the_backend_fails() {
+    let (mut dev, peer, mem) = scripted_bench(vec![io::ErrorKind::ConnectionReset]);
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 2048, true)]);
+    dev.queue_notify(RX_QUEUE);
+    peer.send(&frame(60, 2)).unwrap();
+    let metrics = dev.metrics();
+    wait_until(&dev, "the failure is counted", || metrics.errors.load(Ordering::Relaxed) == 1);
+    // The backend is not read again: the frame stays where it is.
+    peer.send(&frame(60, 3)).unwrap();
+    dev.queue_notify(RX_QUEUE);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rx.used_idx(), 0);
+    assert_eq!(metrics.errors.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn rx_survives_a_signal_interrupting_its_wait() {
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: the handler does nothing, so it is async-signal-safe; nothing
+    // else in the test process uses SIGUSR2.
+    let old = unsafe { libc::signal(libc::SIGUSR2, ignore as *const () as libc::sighandler_t) };
+    assert_ne!(old, libc::SIG_ERR);
+    let mut b = bench();
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let thread = {
+        use std::os::unix::thread::JoinHandleExt;
+        b.dev.active.as_ref().unwrap().rx_thread.as_ref().unwrap().as_pthread_t()
+    };
+    // epoll_wait fails with EINTR whenever a handler runs: a few signals, so
+    // that some arrive while the thread waits.
+    for _ in 0..5 {
+        // SAFETY: `thread` is the RX thread, joinable until the device is dropped.
+        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rx.add(&[(BUFS, 2048, true)]);
+    b.dev.queue_notify(RX_QUEUE);
+    b.peer.send(&frame(60, 4)).unwrap();
+    wait_until(&b.dev, "the frame is used", || rx.used_idx() == 1);
 }
