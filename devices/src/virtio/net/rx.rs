@@ -12,7 +12,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{NetBackend, NetMetrics, MAX_FRAME_LEN, NET_HDR_LEN, RX_BUDGET};
-use crate::virtio::chain::{self, Chain, QueueBroken};
+use crate::virtio::chain::{self, Chain, EmptyLooks, QueueBroken};
 use crate::virtio::{GuestErrorLog, Interrupt, VirtioError};
 
 const STOP: u64 = 0;
@@ -113,7 +113,7 @@ impl RxWorker {
     fn deliver(&mut self) -> Result<bool, QueueBroken> {
         let mut used = false;
         let mut notifications_off = false;
-        let mut misses = 0;
+        let mut looks = EmptyLooks::default();
         for _ in 0..RX_BUDGET {
             let len = match self.pending {
                 Some(len) => len,
@@ -126,17 +126,13 @@ impl RxWorker {
                 // No buffer: ask the driver to notify when it adds one, then
                 // look once more in case it did so meanwhile.
                 if self.p.queue.enable_notification(&self.p.mem).map_err(|_| QueueBroken::UsedRing)? {
-                    misses += 1;
-                    if misses == 2 {
-                        // The index says there are buffers, the ring gives none.
-                        return Err(QueueBroken::AvailRing);
-                    }
+                    looks.empty()?;
                     continue;
                 }
                 self.p.metrics.rx_deferred.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            misses = 0;
+            looks.found();
             if !notifications_off {
                 // Buffers are there: refills need no notification for now.
                 self.p.queue.disable_notification(&self.p.mem).map_err(|_| QueueBroken::UsedRing)?;
