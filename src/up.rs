@@ -89,6 +89,12 @@ fn ending(end: &VmEnd, memory_mib: u64) -> Ending {
     }
 }
 
+/// The size of the output disk for outputs of at most `max_bytes`: room for
+/// the archive's headers and padding beyond the data.
+fn output_image_bytes(max_bytes: u64) -> u64 {
+    max_bytes + OUTPUT_HEADROOM
+}
+
 /// The guest's COM1 output, kept (the first 64 KiB) for when a job fails.
 #[derive(Clone, Default)]
 struct Diagnostics(Arc<Mutex<Vec<u8>>>);
@@ -148,7 +154,7 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
     let job_image = work.path().join("job.img");
     let out_image = work.path().join("out.img");
     job::write_input_image(&job_image, &module, &spec.argv(), &spec.env, &spec.inputs)?;
-    job::create_output_image(&out_image, spec.outputs_max_bytes + OUTPUT_HEADROOM)?;
+    job::create_output_image(&out_image, output_image_bytes(spec.outputs_max_bytes))?;
 
     let mut cmdline = String::from("mvm.job=1");
     let nets = match &spec.network {
@@ -289,6 +295,46 @@ mod tests {
                 (reason, line, code, outputs, console)
             );
         }
+    }
+
+    #[test]
+    fn the_output_disk_holds_an_archive_of_outputs_up_to_the_cap() {
+        const MIB: u64 = 1 << 20;
+        // One file of the whole cap: its header, padding and the end blocks.
+        assert!(output_image_bytes(MIB) >= MIB + 512 + 511 + 1024);
+        // Or the cap in 1,000 files, each with its header and padding.
+        assert!(output_image_bytes(64 * MIB) >= 64 * MIB + 1000 * (512 + 511) + 1024);
+        // The image is sparse, but its size is what the guest may fill.
+        assert!(output_image_bytes(64 * MIB) <= 72 * MIB);
+    }
+
+    #[test]
+    fn diagnostics_keep_the_first_64_kib_and_take_everything() {
+        let mut console = Diagnostics::default();
+        assert_eq!(console.write(&[b'a'; 60 << 10]).unwrap(), 60 << 10);
+        assert_eq!(console.write(&[b'b'; 8 << 10]).unwrap(), 8 << 10, "what no longer fits is taken all the same");
+        assert_eq!(console.write(b"c").unwrap(), 1);
+        console.flush().unwrap();
+        let kept = console.0.lock().unwrap();
+        assert_eq!(kept.len(), 64 << 10);
+        assert!(kept[..60 << 10].iter().all(|&b| b == b'a') && kept[60 << 10..].iter().all(|&b| b == b'b'));
+    }
+
+    #[test]
+    fn a_job_that_cannot_get_a_vm_is_mvms_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wat"), "(module (func (export \"_start\")))").unwrap();
+        std::fs::write(
+            dir.path().join("job.toml"),
+            "[guest]\nmemory_mib = 16\n[run]\nwasm = \"m.wat\"\n[files]\noutputs_max_mib = 1\n",
+        )
+        .unwrap();
+        let kvm = dir.path().join("no-kvm");
+        let err = up(&dir.path().join("job.toml"), false, kvm.clone()).unwrap_err();
+        let message = format!("{err:#}");
+        let expected = format!("cannot run the job's VM: {}: ", kvm.display());
+        assert!(message.starts_with(&expected), "{message}");
+        assert!(!dir.path().join("out").exists(), "no outputs without a VM");
     }
 
     #[test]
