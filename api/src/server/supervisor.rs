@@ -728,7 +728,7 @@ mod tests {
 
     /// A stand-in for `mvm`, so that real processes can be started, signalled
     /// and reaped without KVM: `exit N` writes `mvm up --json`'s report of
-    /// an exit N, spends some CPU time (mostly system time, in a child) and
+    /// an exit N, spends some CPU time (nearly all system time, in a child) and
     /// exits N; `stage` stages a directory in its TMPDIR, as `mvm up` does,
     /// and sleeps.
     const FAKE_MVM: &str = r#"#!/bin/sh
@@ -736,7 +736,7 @@ shift
 case "$1" in
 exit)
     printf '{"reason":"exit","status":%s,"end":"exit %s"}\n' "$2" "$2" >&2
-    head -c 100000000 /dev/zero >/dev/null
+    dd if=/dev/zero of=/dev/null bs=64M count=4 2>/dev/null
     exit "$2" ;;
 stage) mkdir "$TMPDIR/mvm-job-fake" && exec sleep 60 ;;
 esac
@@ -771,9 +771,9 @@ exit 99
         Launch { record, job_toml: Some("# job".into()), args: args.iter().map(|a| a.to_string()).collect() }
     }
 
-    /// Waits (10 s at most) until `done` holds.
-    fn wait_until(what: &str, done: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    /// Waits (5 s at most) until `done` holds.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
         while !done() {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             std::thread::sleep(Duration::from_millis(10));
@@ -829,7 +829,12 @@ exit 99
         }
         assert_eq!(recover(&store, &state).unwrap(), 2);
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(orphan.wait().unwrap().signal(), Some(libc::SIGKILL), "the orphan is killed");
+        let mut orphan_end = None;
+        wait_until("recover kills the orphan", || {
+            orphan_end = orphan.try_wait().unwrap();
+            orphan_end.is_some()
+        });
+        assert_eq!(orphan_end.unwrap().signal(), Some(libc::SIGKILL), "the orphan is killed");
         assert!(unrelated.try_wait().unwrap().is_none(), "a process that is not the job's is left alone");
         unrelated.kill().unwrap();
         unrelated.wait().unwrap();
