@@ -33,6 +33,21 @@ struct Ending {
     status: u8,
     /// Whether the guest got to write its outputs.
     outputs: bool,
+    /// Whether the guest's console explains the ending, so that mvm prints it.
+    console: bool,
+}
+
+impl Ending {
+    /// mvm's exit status: the job's, except that a job which succeeded but
+    /// whose outputs could not all be collected is an error (125), so that
+    /// no caller takes its results for complete.
+    fn exit_status(&self, outputs_failed: bool) -> u8 {
+        if outputs_failed && self.status == 0 {
+            status::MVM_ERROR
+        } else {
+            self.status
+        }
+    }
 }
 
 fn ending(end: &VmEnd, memory_mib: u64) -> Ending {
@@ -41,32 +56,43 @@ fn ending(end: &VmEnd, memory_mib: u64) -> Ending {
         line: format!("guest crashed: {detail}"),
         status: status::GUEST_CRASHED,
         outputs: false,
+        console: true,
     };
     match end {
         VmEnd::PowerOff(exit) if exit.reason == ExitReason::Exit => {
-            Ending { reason: "exit", line: format!("exit {}", exit.status), status: exit.status, outputs: true }
+            let line = format!("exit {}", exit.status);
+            Ending { reason: "exit", line, status: exit.status, outputs: true, console: false }
         }
         VmEnd::PowerOff(exit) => {
             crashed(format!("the guest kernel stopped ({:?}, status {})", exit.reason, exit.status))
         }
         VmEnd::Trap { message } => {
-            Ending { reason: "trap", line: format!("trap: {message}"), status: status::TRAP, outputs: true }
+            let line = format!("trap: {message}");
+            Ending { reason: "trap", line, status: status::TRAP, outputs: true, console: false }
         }
         VmEnd::OutOfMemory { .. } => Ending {
             reason: "out of memory",
             line: format!("out of memory (guest RAM {memory_mib} MiB)"),
             status: status::OUT_OF_MEMORY,
             outputs: false,
+            console: false,
         },
         VmEnd::TimedOut(limit) => Ending {
             reason: "timeout",
             line: format!("timeout after {} s", limit.as_secs_f64()),
             status: status::TIMEOUT,
             outputs: false,
+            console: false,
         },
         VmEnd::Crashed(crash) => crashed(crash.detail()),
         VmEnd::Reset => crashed("the guest kernel reset".to_string()),
     }
+}
+
+/// The size of the output disk for outputs of at most `max_bytes`: room for
+/// the archive's headers and padding beyond the data.
+fn output_image_bytes(max_bytes: u64) -> u64 {
+    max_bytes + OUTPUT_HEADROOM
 }
 
 /// The guest's COM1 output, kept (the first 64 KiB) for when a job fails.
@@ -128,7 +154,7 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
     let job_image = work.path().join("job.img");
     let out_image = work.path().join("out.img");
     job::write_input_image(&job_image, &module, &spec.argv(), &spec.env, &spec.inputs)?;
-    job::create_output_image(&out_image, spec.outputs_max_bytes + OUTPUT_HEADROOM)?;
+    job::create_output_image(&out_image, output_image_bytes(spec.outputs_max_bytes))?;
 
     let mut cmdline = String::from("mvm.job=1");
     let nets = match &spec.network {
@@ -174,15 +200,16 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
     } else {
         None
     };
-    if ending.reason == "guest crashed" {
+    if ending.console {
         let kept = diagnostics.0.lock().unwrap_or_else(|p| p.into_inner());
         eprintln!("mvm: the guest's console:\n{}", String::from_utf8_lossy(&kept));
     }
-    let (files, bytes, output_error) = match &outputs {
+    let (files, bytes, output_error) = match outputs {
         Some(Ok(summary)) => {
             (summary.files.iter().map(|f| f.path.display().to_string()).collect(), summary.bytes, None)
         }
-        Some(Err(err)) => (Vec::new(), 0, Some(err.to_string())),
+        // With its causes: "cannot write DIR" alone does not say why.
+        Some(Err(err)) => (Vec::new(), 0, Some(format!("{:#}", anyhow::Error::from(err)))),
         None => (Vec::new(), 0, None),
     };
     if json {
@@ -201,7 +228,7 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
             eprintln!("mvm: outputs not fully collected: {err}");
         }
     }
-    Ok(if output_error.is_some() && ending.status == 0 { status::MVM_ERROR } else { ending.status })
+    Ok(ending.exit_status(output_error.is_some()))
 }
 
 #[cfg(test)]
@@ -216,39 +243,107 @@ mod tests {
     #[test]
     fn every_vm_end_maps_to_a_job_ending() {
         let exit = |reason, status| VmEnd::PowerOff(GuestExit { reason, status });
+        // (end, reason, line, status, outputs collected, console printed)
         let cases = [
-            (exit(ExitReason::Exit, 3), "exit", "exit 3", 3, true),
-            (VmEnd::Trap { message: "unreachable".into() }, "trap", "trap: unreachable", status::TRAP, true),
+            (exit(ExitReason::Exit, 3), "exit", "exit 3", 3, true, false),
+            (VmEnd::Trap { message: "unreachable".into() }, "trap", "trap: unreachable", status::TRAP, true, false),
             (
                 VmEnd::OutOfMemory { ram_mib: 16 },
                 "out of memory",
                 "out of memory (guest RAM 16 MiB)",
                 status::OUT_OF_MEMORY,
                 false,
+                false,
             ),
-            (VmEnd::TimedOut(Duration::from_millis(1500)), "timeout", "timeout after 1.5 s", status::TIMEOUT, false),
+            (
+                VmEnd::TimedOut(Duration::from_millis(1500)),
+                "timeout",
+                "timeout after 1.5 s",
+                status::TIMEOUT,
+                false,
+                false,
+            ),
             (
                 exit(ExitReason::Panic, 101),
                 "guest crashed",
                 "guest crashed: the guest kernel stopped (Panic, status 101)",
                 status::GUEST_CRASHED,
                 false,
+                true,
             ),
-            (VmEnd::Reset, "guest crashed", "guest crashed: the guest kernel reset", status::GUEST_CRASHED, false),
+            (
+                VmEnd::Reset,
+                "guest crashed",
+                "guest crashed: the guest kernel reset",
+                status::GUEST_CRASHED,
+                false,
+                true,
+            ),
             (
                 VmEnd::Crashed(Crash { kind: CrashKind::TripleFault, vcpu: 0, state: None }),
                 "guest crashed",
                 "guest crashed: triple fault",
                 status::GUEST_CRASHED,
                 false,
+                true,
             ),
         ];
-        for (end, reason, line, code, outputs) in cases {
+        for (end, reason, line, code, outputs, console) in cases {
             let ending = ending(&end, 16);
             assert_eq!(
-                (ending.reason, ending.line.as_str(), ending.status, ending.outputs),
-                (reason, line, code, outputs)
+                (ending.reason, ending.line.as_str(), ending.status, ending.outputs, ending.console),
+                (reason, line, code, outputs, console)
             );
         }
+    }
+
+    #[test]
+    fn the_output_disk_holds_an_archive_of_outputs_up_to_the_cap() {
+        const MIB: u64 = 1 << 20;
+        // One file of the whole cap: its header, padding and the end blocks.
+        assert!(output_image_bytes(MIB) >= MIB + 512 + 511 + 1024);
+        // Or the cap in 1,000 files, each with its header and padding.
+        assert!(output_image_bytes(64 * MIB) >= 64 * MIB + 1000 * (512 + 511) + 1024);
+        // The image is sparse, but its size is what the guest may fill.
+        assert!(output_image_bytes(64 * MIB) <= 72 * MIB);
+    }
+
+    #[test]
+    fn diagnostics_keep_the_first_64_kib_and_take_everything() {
+        let mut console = Diagnostics::default();
+        assert_eq!(console.write(&[b'a'; 60 << 10]).unwrap(), 60 << 10);
+        assert_eq!(console.write(&[b'b'; 8 << 10]).unwrap(), 8 << 10, "what no longer fits is taken all the same");
+        assert_eq!(console.write(b"c").unwrap(), 1);
+        console.flush().unwrap();
+        let kept = console.0.lock().unwrap();
+        assert_eq!(kept.len(), 64 << 10);
+        assert!(kept[..60 << 10].iter().all(|&b| b == b'a') && kept[60 << 10..].iter().all(|&b| b == b'b'));
+    }
+
+    #[test]
+    fn a_job_that_cannot_get_a_vm_is_mvms_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wat"), "(module (func (export \"_start\")))").unwrap();
+        std::fs::write(
+            dir.path().join("job.toml"),
+            "[guest]\nmemory_mib = 16\n[run]\nwasm = \"m.wat\"\n[files]\noutputs_max_mib = 1\n",
+        )
+        .unwrap();
+        let kvm = dir.path().join("no-kvm");
+        let err = up(&dir.path().join("job.toml"), false, kvm.clone()).unwrap_err();
+        let message = format!("{err:#}");
+        let expected = format!("cannot run the job's VM: {}: ", kvm.display());
+        assert!(message.starts_with(&expected), "{message}");
+        assert!(!dir.path().join("out").exists(), "no outputs without a VM");
+    }
+
+    #[test]
+    fn outputs_not_collected_turn_only_a_success_into_an_error() {
+        let exit = |status| ending(&VmEnd::PowerOff(GuestExit { reason: ExitReason::Exit, status }), 16);
+        assert_eq!(exit(0).exit_status(false), 0);
+        assert_eq!(exit(0).exit_status(true), status::MVM_ERROR);
+        assert_eq!(exit(7).exit_status(true), 7, "a failed job keeps its own status");
+        let trap = ending(&VmEnd::Trap { message: "unreachable".into() }, 16);
+        assert_eq!(trap.exit_status(true), status::TRAP);
     }
 }

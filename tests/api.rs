@@ -1,7 +1,9 @@
 //! `mvm serve` end to end, through a real HTTP/1.1 client on its Unix
 //! socket: create, poll, logs (and follow), pause and resume (no CPU while
-//! paused), kill, delete; records across a restart; 50 jobs at once; every
-//! kind of bad request; plain VMs; `mvm up --remote`.
+//! paused), kill, delete; records across a restart, with a lost job's files
+//! removed; 50 jobs at once; every kind of bad request; a job's CPU quota;
+//! plain VMs, which count toward `--max-running` as jobs do; `mvm up
+//! --remote`. Examples run from temporary copies, never in place.
 //!
 //! The client is a few lines of HTTP/1.1 over `UnixStream` (one request per
 //! connection, chunked bodies decoded), so that what is tested is the wire
@@ -21,25 +23,14 @@ use serde_json::{json, Value};
 
 const HELLO: &str = "hello from a WebAssembly job in its own VM\n";
 
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
-}
-
-/// A files root with the examples the tests use, plus `spin.wat` (a
-/// CPU-bound loop that never ends) and `nap.wat` (sleeps 60 s).
+/// A files root with copies of the examples the tests use, plus `spin.wat`
+/// (a CPU-bound loop that never ends) and `nap.wat` (sleeps 60 s).
 fn files_root() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     for name in ["hello", "outputs", "memhog", "sleeper"] {
-        let dir = root.path().join(name);
-        std::fs::create_dir(&dir).unwrap();
-        for entry in std::fs::read_dir(example(name)).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-            }
-        }
+        common::copy_example(name, root.path());
     }
-    let sleeper = std::fs::read_to_string(example("sleeper/sleeper.wat")).unwrap();
+    let sleeper = std::fs::read_to_string(root.path().join("sleeper/sleeper.wat")).unwrap();
     assert!(sleeper.contains("(i64.const 2000000000)"), "sleeper.wat sleeps 2 s");
     let nap = sleeper.replace("(i64.const 2000000000)", "(i64.const 60000000000)");
     std::fs::write(root.path().join("nap.wat"), nap).unwrap();
@@ -121,6 +112,22 @@ impl Daemon {
         }
     }
 
+    /// What `mvm up` staged for a job (its images' directory), still there.
+    fn staged(&self, id: &str) -> Vec<String> {
+        let dir = std::fs::read_dir(self.state.join("jobs").join(id)).unwrap();
+        let names = dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+        names.filter(|n| n.starts_with("mvm-job-")).collect()
+    }
+
+    /// Waits until a running job has staged its images.
+    fn wait_staged(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.staged(id).is_empty() {
+            assert!(Instant::now() < deadline, "job {id} staged nothing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn logs(&self, id: &str, query: &str) -> String {
         let (status, bytes) = http(&self.socket, "GET", &format!("/v1/jobs/{id}/logs?{query}"), None);
         assert_eq!(status, 200, "{}", text(&bytes));
@@ -195,6 +202,14 @@ fn cpu_ticks(pid: u64) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// CPU time, in nanoseconds, that the threads of `pid` alive now have run,
+/// from each one's schedstat: exact, where /proc/PID/stat counts 10 ms ticks.
+fn cpu_ns(pid: u64) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let stats = tasks.filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("schedstat")).ok());
+    stats.map(|s| s.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).expect("a schedstat line")).sum()
 }
 
 /// Whether a process runs (not gone, not a zombie).
@@ -313,9 +328,7 @@ fn pause_stops_all_cpu_use_until_resume_and_kill_ends_the_job() {
     assert_eq!(record["exit"]["reason"], "killed");
     assert!(!alive(pid));
     assert_eq!(daemon.call("POST", &format!("/v1/jobs/{id}/resume"), None).0, 409, "an ended job cannot resume");
-    let staged = std::fs::read_dir(daemon.state.join("jobs").join(&id)).unwrap();
-    let names: Vec<String> = staged.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().all(|n| !n.starts_with("mvm-job-")), "a killed job's staged images are removed: {names:?}");
+    assert_eq!(daemon.staged(&id), Vec::<String>::new(), "a killed job's staged images are removed");
 }
 
 #[test]
@@ -328,8 +341,10 @@ fn records_survive_a_restart_and_jobs_that_were_running_are_lost() {
     daemon.wait_end("jobs", &done);
     let napping = daemon.create(nap());
     let pid = daemon.job(&napping)["pid"].as_u64().unwrap();
+    daemon.wait_staged(&napping);
 
-    // Killed outright: its children die with it, its socket is left behind.
+    // Killed outright: its children die with it, its socket is left behind,
+    // and so are the staged images of its jobs, until the next daemon starts.
     let daemon = daemon.restart(libc::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid) {
@@ -339,6 +354,9 @@ fn records_survive_a_restart_and_jobs_that_were_running_are_lost() {
     let record = daemon.job(&napping);
     assert_eq!(record["state"], "lost", "{record}");
     assert_eq!(record["exit"]["reason"], "lost");
+    assert_eq!(daemon.staged(&napping), Vec::<String>::new(), "a lost job's staged images are removed");
+    let kept = std::fs::read_dir(daemon.state.join("jobs").join(&napping)).unwrap().count();
+    assert!(kept > 0, "its job file and logs are kept with its record");
     let finished = daemon.job(&done);
     assert_eq!((finished["state"].as_str(), finished["exit"]["status"].as_i64()), (Some("exited"), Some(0)));
     assert_eq!(daemon.logs(&done, "stream=stdout"), HELLO, "logs survive too");
@@ -346,9 +364,11 @@ fn records_survive_a_restart_and_jobs_that_were_running_are_lost() {
     // Stopped politely: it kills its children itself and removes its socket.
     let napping = daemon.create(nap());
     let pid = daemon.job(&napping)["pid"].as_u64().unwrap();
+    daemon.wait_staged(&napping);
     let daemon = daemon.restart(libc::SIGTERM);
     assert!(!alive(pid));
     assert_eq!(daemon.job(&napping)["state"], "lost");
+    assert_eq!(daemon.staged(&napping), Vec::<String>::new(), "a lost job's staged images are removed");
     let (_, list) = daemon.call("GET", "/v1/jobs", None);
     assert_eq!(list["jobs"].as_array().unwrap().len(), 3, "{list}");
 }
@@ -543,11 +563,64 @@ fn up_remote_streams_and_ends_like_a_local_run() {
     assert_eq!(std::fs::read_to_string(outdir.join("result.txt")).unwrap(), "42\n", "outputs land beside the job file");
 
     let elsewhere = tempfile::tempdir().unwrap();
-    std::fs::copy(example("hello/job.toml"), elsewhere.path().join("job.toml")).unwrap();
-    std::fs::copy(example("hello/hello.wat"), elsewhere.path().join("hello.wat")).unwrap();
+    let hello = common::copy_example("hello", elsewhere.path());
     let mut command = mvm();
-    let out =
-        command.arg("up").arg("--remote").arg(&daemon.socket).arg(elsewhere.path().join("job.toml")).output().unwrap();
+    let out = command.arg("up").arg("--remote").arg(&daemon.socket).arg(hello.join("job.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("must be under the files root"), "{}", text(&out.stderr));
+}
+
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn a_jobs_cpu_quota_holds_it_to_its_share_of_a_core() {
+    common::require_kvm();
+    let root = files_root();
+    let daemon = Daemon::start(root.path(), &[]);
+    let body =
+        json!({ "guest": { "memory_mib": 16, "timeout_s": 120, "cpu_quota": 0.25 }, "run": { "wasm": "spin.wat" } });
+    let id = daemon.create(body);
+    let record = daemon.job(&id);
+    assert_eq!(record["limits"]["cpu_quota"], 0.25, "{record}");
+    let pid = record["pid"].as_u64().expect("a running job has a pid");
+    // Past boot and module load, the loop spins and only the quota holds it.
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu, started) = (cpu_ns(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let used = Duration::from_nanos(cpu_ns(pid) - cpu);
+    let share = used.as_secs_f64() / started.elapsed().as_secs_f64();
+    // Other work on the host can only lower the share, so the upper bound is
+    // tight (a quota that grants 10% more fails); the lower one only says
+    // that the job ran.
+    assert!(
+        (0.10..0.27).contains(&share),
+        "the job used {used:?} of CPU in 4 s: {share:.3} of a core at a quota of 0.25"
+    );
+    assert_eq!(daemon.call("POST", &format!("/v1/jobs/{id}/kill"), None).0, 200);
+    assert_eq!(daemon.wait_end("jobs", &id)["state"], "killed");
+}
+
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn a_running_vm_takes_a_slot_of_max_running() {
+    common::require_kvm();
+    let root = files_root();
+    let daemon = Daemon::start(root.path(), &["--max-running", "1"]);
+    let (status, vm) =
+        daemon.call("POST", "/v1/vms", Some(&json!({ "memory_mib": 16, "cmdline": "mvm.test=sleep:60000" })));
+    assert_eq!(status, 201, "{vm}");
+    let vm = vm["id"].as_str().unwrap().to_owned();
+    let (status, e) = daemon.call("POST", "/v1/jobs", Some(&hello()));
+    assert_eq!(status, 429, "a job may not start while a VM holds the only slot: {e}");
+    assert!(e["error"].as_str().unwrap().contains("at most 1"), "{e}");
+    let (status, e) = daemon.call("POST", "/v1/vms", Some(&json!({ "memory_mib": 16 })));
+    assert_eq!(status, 429, "nor may a second VM: {e}");
+    let (_, jobs) = daemon.call("GET", "/v1/jobs", None);
+    assert_eq!(jobs["jobs"], json!([]), "the refused job was not created");
+    let (_, vms) = daemon.call("GET", "/v1/vms", None);
+    assert_eq!(vms["vms"].as_array().unwrap().len(), 1, "nor the refused VM: {vms}");
+
+    assert_eq!(daemon.call("POST", &format!("/v1/vms/{vm}/stop"), None).0, 200);
+    assert_eq!(daemon.wait_end("vms", &vm)["state"], "killed");
+    let id = daemon.create(hello());
+    assert_eq!(daemon.wait_end("jobs", &id)["state"], "exited", "the slot is free once the VM has stopped");
 }

@@ -95,3 +95,48 @@ pub fn run_measuring_cpu(cmd: &mut Command) -> (i32, Duration, String) {
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     (libc::WEXITSTATUS(status), tv(usage.ru_utime) + tv(usage.ru_stime), reader.join().unwrap())
 }
+
+/// A copy of `examples/NAME` in a temporary directory (removed on drop), so
+/// that the job writes its `out/` there, never into the source tree, and two
+/// tests can run the same example at once. The copy keeps the folder's name.
+pub struct Example {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Example {
+    pub fn job(&self) -> PathBuf {
+        self.path.join("job.toml")
+    }
+}
+
+pub fn example(name: &str) -> Example {
+    let dir = tempfile::tempdir().expect("cannot make a temporary directory");
+    let path = copy_example(name, dir.path());
+    Example { _dir: dir, path }
+}
+
+/// Copies `examples/NAME` into `parent/NAME` and returns that path. An `out/`
+/// left by running the example by hand is not copied: it would hide a job
+/// that writes nothing.
+pub fn copy_example(name: &str, parent: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+    assert!(source.is_dir(), "no example {name} at {}", source.display());
+    let copy = parent.join(name);
+    copy_tree(&source, &copy);
+    copy
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("cannot list {}: {e}", from.display())) {
+        let entry = entry.unwrap();
+        let (source, kind) = (entry.path(), entry.file_type().unwrap());
+        if kind.is_dir() && entry.file_name() != "out" {
+            copy_tree(&source, &to.join(entry.file_name()));
+        } else if kind.is_file() {
+            std::fs::copy(&source, to.join(entry.file_name()))
+                .unwrap_or_else(|e| panic!("cannot copy {}: {e}", source.display()));
+        }
+    }
+}

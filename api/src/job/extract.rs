@@ -115,10 +115,9 @@ pub fn extract_outputs(image: &Path, dest: &Path, max_bytes: u64) -> Result<Outp
                 files.insert(rel, header.size);
             }
         }
-        let data_blocks = header.size.div_ceil(BLOCK);
-        let skip = data_blocks * BLOCK - header.size;
-        // Padding past the end of the image is not an error: the data is all there.
-        let skip = skip.min(image_len - offset - BLOCK - header.size);
+        // Padding past the end of the image is not an error: the data is all
+        // there. The offset then passes the end, which ends the loop.
+        let skip = header.size.div_ceil(BLOCK) * BLOCK - header.size;
         reader.seek_relative(skip as i64).map_err(read_err)?;
         offset += BLOCK + header.size + skip;
     }
@@ -159,13 +158,18 @@ fn open_dirs(root: BorrowedFd<'_>, components: &[&OsStr]) -> Result<OwnedFd, Err
 }
 
 /// Replaces whatever non-directory is at `name` with a new, empty file.
+/// Only a name that `O_EXCL` found free is opened: something already there
+/// (a file, a hard or symbolic link) is unlinked first, never opened.
 fn create_file(dir: BorrowedFd<'_>, name: &OsStr) -> Result<File, Errno> {
-    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => {}
-        Err(e) => return Err(e),
-    }
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644)).map(File::from)
+    let create = || rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644)).map(File::from);
+    match create() {
+        Err(Errno::EXIST) => {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+            create()
+        }
+        result => result,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -74,6 +74,18 @@ struct Live {
     by_pid: HashMap<i32, String>,
 }
 
+impl Live {
+    /// Refuses (429) one more machine when `max` already run, whether jobs,
+    /// VMs or both: each is a VMM process with a guest's RAM.
+    fn admit(&self, max: usize) -> Result<(), ApiError> {
+        if self.by_id.len() >= max {
+            let message = format!("too many running jobs and VMs: at most {max} at once (mvm serve --max-running)");
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, message, None));
+        }
+        Ok(())
+    }
+}
+
 struct Shared {
     config: SupervisorConfig,
     store: Arc<Store>,
@@ -287,11 +299,7 @@ fn start_child(shared: &Shared, launch: Launch) -> Result<Record, ApiError> {
     if shared.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down", None));
     }
-    let max = shared.config.max_running;
-    if live.by_id.len() >= max {
-        let message = format!("too many running jobs and VMs: at most {max} at once (mvm serve --max-running)");
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, message, None));
-    }
+    live.admit(shared.config.max_running)?;
     let mut record = launch.record;
     let dir = machine_dir(&shared.config.state_dir, &record.id);
     DirBuilder::new()
@@ -601,6 +609,32 @@ mod tests {
     }
 
     #[test]
+    fn a_json_line_without_every_field_of_a_report_is_not_one() {
+        for line in [
+            r#"{"status":0,"end":"exit 0"}"#,
+            r#"{"reason":"exit","end":"exit 0"}"#,
+            r#"{"reason":"exit","status":0}"#,
+            r#"{"reason":"exit","status":-1,"end":"exit 0"}"#,
+        ] {
+            let (_dir, path) = stderr_with(&format!("{line}\n"));
+            let end = ending(Kind::Job, &path, exited(0), false, false, Usage::default());
+            assert_eq!((end.state, end.report), (State::Failed, None), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_long_report_after_a_long_stderr_is_found_whole() {
+        let files: Vec<String> = (0..500).map(|i| format!("file-{i}.txt")).collect();
+        let report =
+            serde_json::json!({ "reason": "exit", "status": 0, "end": "exit 0", "outputs": { "files": files } });
+        let job_stderr = "x".repeat(100_000) + "\n";
+        let (_dir, path) = stderr_with(&format!("{job_stderr}{report}\n"));
+        let end = ending(Kind::Job, &path, exited(0), false, false, Usage::default());
+        assert_eq!(end.report.unwrap()["outputs"]["files"][499], "file-499.txt");
+        assert_eq!(end.stderr_end, Some(job_stderr.len() as u64));
+    }
+
+    #[test]
     fn a_job_mvm_could_not_run_has_failed_with_mvms_error() {
         let (_dir, path) = stderr_with("mvm: error: cannot open /dev/kvm\n");
         let end = ending(Kind::Job, &path, exited(125), false, false, Usage::default());
@@ -617,6 +651,9 @@ mod tests {
         assert_eq!(ending(Kind::Job, &path, killed, false, true, Usage::default()).state, State::Lost);
         let end = ending(Kind::Vm, &path, libc::SIGSEGV, false, false, Usage::default());
         assert_eq!((end.state, end.exit.message.as_str()), (State::Failed, "mvm was killed by signal 11"));
+        let job = ending(Kind::Job, &path, killed, true, false, Usage::default());
+        let vm = ending(Kind::Vm, &path, killed, true, false, Usage::default());
+        assert_eq!((job.exit.message.as_str(), vm.exit.message.as_str()), ("killed on request", "stopped on request"));
     }
 
     #[test]
@@ -627,13 +664,277 @@ mod tests {
         let (_dir, path) = stderr_with("");
         let end = ending(Kind::Vm, &path, exited(124), false, false, Usage::default());
         assert_eq!((end.exit.reason.as_str(), end.exit.message.as_str()), ("exit", "exit 124"));
+        for (code, line, reason) in [
+            (122, "mvm: guest out of memory (guest RAM 16 MiB)", "out of memory"),
+            (123, "mvm: guest crashed (triple fault) at rip=0x1", "guest crashed"),
+        ] {
+            let (_dir, path) = stderr_with(&format!("{line}\n"));
+            let end = ending(Kind::Vm, &path, exited(code), false, false, Usage::default());
+            assert_eq!((end.state, end.exit.reason.as_str()), (State::Exited, reason));
+            assert_eq!(end.exit.message, line.strip_prefix("mvm: ").unwrap());
+        }
+        let (_dir, path) = stderr_with("mvm: error: cannot open /dev/kvm\n");
+        let end = ending(Kind::Vm, &path, exited(125), false, false, Usage::default());
+        assert_eq!((end.state, end.exit.reason.as_str(), end.exit.status), (State::Failed, "error", Some(125)));
+        assert_eq!(end.exit.message, "error: cannot open /dev/kvm");
+    }
+
+    #[test]
+    fn jobs_and_vms_alike_take_a_running_slot() {
+        let proc = |pid, kind| Proc { pid, kind, paused: false, kill_requested: false };
+        let mut live = Live::default();
+        assert_eq!(live.admit(1), Ok(()));
+        live.by_id.insert("vm".into(), proc(10, Kind::Vm));
+        let refused = live.admit(1).unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.error, "too many running jobs and VMs: at most 1 at once (mvm serve --max-running)");
+        assert_eq!(live.admit(2), Ok(()), "a VM takes one slot");
+        live.by_id.insert("job".into(), proc(11, Kind::Job));
+        assert_eq!(live.admit(2).unwrap_err().status, StatusCode::TOO_MANY_REQUESTS);
+        live.by_id.get_mut("job").unwrap().paused = true;
+        assert!(live.admit(2).is_err(), "a paused job holds its slot");
+        assert_eq!(live.admit(3), Ok(()));
+    }
+
+    /// User + system time of this process, from getrusage.
+    fn own_cpu_s() -> f64 {
+        // SAFETY: all zeroes is a valid rusage, which getrusage fills.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `usage` is valid for getrusage to write.
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
     }
 
     #[test]
     fn usage_of_this_process_is_read_from_proc() {
+        // System time enough that user + system differs from user - system.
+        let mut zero = File::open("/dev/zero").unwrap();
+        let mut buffer = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            zero.read_exact(&mut buffer).unwrap();
+        }
+        let before = own_cpu_s();
         let usage = proc_usage(std::process::id() as i32).unwrap();
+        let after = own_cpu_s();
+        // /proc counts whole 10 ms ticks of user and of system time.
+        assert!(
+            before - 0.03 <= usage.cpu_s && usage.cpu_s <= after + 0.001,
+            "{} not in {before}..{after}",
+            usage.cpu_s
+        );
         assert!(usage.max_rss_kib > 0 && usage.rss_kib.unwrap() > 0);
         assert!(proc_usage(-1).is_none());
+    }
+
+    /// A stand-in for `mvm`, so that real processes can be started, signalled
+    /// and reaped without KVM: `exit N` writes `mvm up --json`'s report of
+    /// an exit N, spends some CPU time (nearly all system time, in a child) and
+    /// exits N; `stage` stages a directory in its TMPDIR, as `mvm up` does,
+    /// and sleeps.
+    const FAKE_MVM: &str = r#"#!/bin/sh
+shift
+case "$1" in
+exit)
+    printf '{"reason":"exit","status":%s,"end":"exit %s"}\n' "$2" "$2" >&2
+    dd if=/dev/zero of=/dev/null bs=64M count=4 2>/dev/null
+    exit "$2" ;;
+stage) mkdir "$TMPDIR/mvm-job-fake" && exec sleep 60 ;;
+esac
+exit 99
+"#;
+
+    fn launch(id: &str, args: &[&str], outputs_dir: Option<PathBuf>) -> Launch {
+        let limits = crate::server::record::Limits {
+            memory_mib: 16,
+            vcpus: 1,
+            cpu_quota: None,
+            timeout_s: None,
+            outputs_max_mib: None,
+        };
+        let record = Record {
+            id: id.into(),
+            kind: Kind::Job,
+            name: id.into(),
+            spec: Value::Null,
+            state: State::Created,
+            created_at: 1.0,
+            started_at: None,
+            ended_at: None,
+            pid: None,
+            limits,
+            outputs_dir,
+            exit: None,
+            report: None,
+            stderr_end: None,
+            usage: None,
+        };
+        Launch { record, job_toml: Some("# job".into()), args: args.iter().map(|a| a.to_string()).collect() }
+    }
+
+    /// Waits (5 s at most) until `done` holds.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn record_of(store: &Store, id: &str) -> Record {
+        store.get(id).unwrap().unwrap_or_else(|| panic!("no record {id}"))
+    }
+
+    fn stopped(pid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat[stat.rfind(')').unwrap() + 2..].starts_with('T')
+    }
+
+    /// CPU time of this process's reaper thread.
+    fn reaper_cpu() -> Duration {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap().map(|t| t.unwrap().path());
+        let mut reapers = tasks.filter(|t| std::fs::read_to_string(t.join("comm")).unwrap().trim() == "mvm-reaper");
+        let reaper = reapers.next().expect("a reaper thread");
+        assert!(reapers.next().is_none(), "one supervisor at a time");
+        let schedstat = std::fs::read_to_string(reaper.join("schedstat")).unwrap();
+        Duration::from_nanos(schedstat.split_whitespace().next().unwrap().parse().unwrap())
+    }
+
+    fn staged(dir: &Path) -> bool {
+        dir.join("mvm-job-fake").exists()
+    }
+
+    /// The only test that starts a supervisor: its reaper waits for any child
+    /// of the process, so it would reap another test's children.
+    #[test]
+    fn the_supervisor_recovers_starts_caps_signals_reaps_and_shuts_down_real_processes() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(state.join("jobs")).unwrap();
+        let exe = tmp.path().join("mvm");
+        std::fs::write(&exe, FAKE_MVM).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = Arc::new(Store::open(&state.join("mvm.db")).unwrap());
+
+        // Before the supervisor starts: two records a dead daemon left
+        // running. One's process still runs in its job's directory, with its
+        // staged images; the other's pid is now some unrelated process.
+        let old = machine_dir(&state, "old");
+        std::fs::create_dir_all(old.join("mvm-job-fake")).unwrap();
+        let mut orphan = Command::new("sleep").arg("60").env("TMPDIR", &old).spawn().unwrap();
+        let mut unrelated = Command::new("sleep").arg("60").env("TMPDIR", tmp.path()).spawn().unwrap();
+        for (id, pid) in [("old", orphan.id()), ("other", unrelated.id())] {
+            store.insert(&launch(id, &[], None).record).unwrap();
+            store.set_running(id, pid as i32, 2.0).unwrap();
+        }
+        assert_eq!(recover(&store, &state).unwrap(), 2);
+        use std::os::unix::process::ExitStatusExt;
+        let mut orphan_end = None;
+        wait_until("recover kills the orphan", || {
+            orphan_end = orphan.try_wait().unwrap();
+            orphan_end.is_some()
+        });
+        assert_eq!(orphan_end.unwrap().signal(), Some(libc::SIGKILL), "the orphan is killed");
+        assert!(unrelated.try_wait().unwrap().is_none(), "a process that is not the job's is left alone");
+        unrelated.kill().unwrap();
+        unrelated.wait().unwrap();
+        for id in ["old", "other"] {
+            let record = record_of(&store, id);
+            assert_eq!((record.state, record.exit.unwrap().reason.as_str()), (State::Lost, "lost"));
+        }
+        assert!(!staged(&old), "a lost job's staged images are removed");
+        assert_eq!(recover(&store, &state).unwrap(), 0, "lost is an end");
+
+        let config = SupervisorConfig { exe, kvm_device: "/dev/null".into(), state_dir: state.clone(), max_running: 2 };
+        let supervisor = Supervisor::start(config, Arc::clone(&store)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let start = |id: &str, args: &[&str], outputs| runtime.block_on(supervisor.launch(launch(id, args, outputs)));
+
+        let a = start("a", &["stage"], None).unwrap();
+        let pid = a.pid.expect("a started machine has a pid");
+        assert_eq!(
+            (a.state, record_of(&store, "a").state, record_of(&store, "a").pid),
+            (State::Running, State::Running, Some(pid))
+        );
+        assert_eq!(std::fs::read_to_string(machine_dir(&state, "a").join("job.toml")).unwrap(), "# job");
+        assert!(supervisor.is_live("a") && !supervisor.is_live("old"));
+        assert_eq!((supervisor.running(), supervisor.max_running()), (1, 2));
+        wait_until("the job stages its images", || staged(&machine_dir(&state, "a")));
+        let usage = supervisor.live_usage("a").expect("a live machine's usage");
+        assert!(usage.max_rss_kib > 0 && usage.rss_kib.is_some_and(|kib| kib > 0), "{usage:?}");
+        assert_eq!(supervisor.live_usage("old"), None);
+
+        supervisor.control(&a, Action::Pause).unwrap();
+        assert_eq!(supervisor.record("a").unwrap().unwrap().state, State::Paused);
+        wait_until("SIGSTOP stops it", || stopped(pid));
+        supervisor.control(&a, Action::Pause).unwrap();
+        supervisor.control(&a, Action::Resume).unwrap();
+        assert_eq!(record_of(&store, "a").state, State::Running);
+        wait_until("SIGCONT resumes it", || !stopped(pid));
+        supervisor.control(&a, Action::Resume).unwrap();
+        assert_eq!(record_of(&store, "a").state, State::Running);
+
+        start("b", &["stage"], None).unwrap();
+        let refused = start("c", &["stage"], None).unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.error);
+        assert!(store.get("c").unwrap().is_none() && !machine_dir(&state, "c").exists(), "nothing half-created");
+        assert_eq!(supervisor.delete(&a, false).unwrap_err().status, StatusCode::CONFLICT, "a live job stays");
+
+        supervisor.control(&a, Action::Kill).unwrap();
+        wait_until("the killed job's end is recorded", || record_of(&store, "a").state.ended());
+        let killed = record_of(&store, "a");
+        assert_eq!((killed.state, killed.exit.clone().unwrap().message.as_str()), (State::Killed, "killed on request"));
+        assert!(killed.usage.is_some_and(|u| u.max_rss_kib > 0));
+        assert!(!supervisor.is_live("a") && supervisor.running() == 1);
+        assert!(!staged(&machine_dir(&state, "a")), "a killed job's staged images are removed");
+        assert_eq!(supervisor.control(&killed, Action::Resume).unwrap_err().status, StatusCode::CONFLICT);
+
+        let outputs = tmp.path().join("outputs-d");
+        std::fs::create_dir(&outputs).unwrap();
+        start("d", &["exit", "3"], Some(outputs.clone())).unwrap();
+        wait_until("the job that exits is reaped", || record_of(&store, "d").state.ended());
+        let exited = record_of(&store, "d");
+        assert_eq!((exited.state, exited.exit.clone().unwrap().status), (State::Exited, Some(3)));
+        assert_eq!(exited.report.as_ref().unwrap()["end"], "exit 3");
+        let cpu_s = exited.usage.unwrap().cpu_s;
+        assert!((0.001..1.0).contains(&cpu_s), "user + system time of the child and its own children: {cpu_s} s");
+        let listed: Vec<String> =
+            supervisor.list(Kind::Job, Some(State::Exited)).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(listed, ["d"]);
+        assert_eq!(supervisor.delete(&exited, true), Ok(true), "its outputs were removed");
+        assert!(!outputs.exists() && !machine_dir(&state, "d").exists() && store.get("d").unwrap().is_none());
+        assert_eq!(supervisor.delete(&exited, true).unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(supervisor.delete(&killed, false), Ok(false), "outputs are kept unless asked");
+        // A record that says it runs, with no process of this supervisor's.
+        let stale = launch("stale", &[], None).record;
+        store.insert(&stale).unwrap();
+        store.set_running("stale", 1, 3.0).unwrap();
+        assert_eq!(supervisor.delete(&stale, false).unwrap_err().status, StatusCode::CONFLICT);
+        assert!(!supervisor.is_live("stale"));
+
+        let asked = Instant::now();
+        // With no child left to wait for, the reaper sleeps until a launch.
+        let reaper = reaper_cpu();
+        std::thread::sleep(Duration::from_millis(500));
+        let spent = reaper_cpu() - reaper;
+        assert!(spent < Duration::from_millis(50), "an idle reaper used {spent:?} of CPU");
+
+        supervisor.shutdown();
+        assert_eq!(supervisor.running(), 0);
+        assert_eq!(record_of(&store, "b").state, State::Lost, "shutdown waits for the end to be recorded");
+        assert!(
+            asked.elapsed() < SHUTDOWN_WAIT / 2,
+            "shutdown waited {:?}, not just until b was reaped",
+            asked.elapsed()
+        );
+        let refused = start("e", &["stage"], None).unwrap_err();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+
+        // With no child left to wait for, the reaper sleeps until a launch.
+        let reaper = reaper_cpu();
+        std::thread::sleep(Duration::from_millis(500));
+        let spent = reaper_cpu() - reaper;
+        assert!(spent < Duration::from_millis(50), "an idle reaper used {spent:?} of CPU");
     }
 
     #[test]

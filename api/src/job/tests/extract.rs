@@ -157,6 +157,28 @@ fn an_archive_filling_the_image_needs_no_end_marker() {
 }
 
 #[test]
+fn a_last_header_that_ends_the_image_is_read() {
+    let s = setup();
+    fs::write(&s.image, header("empty", b'0', 0)).unwrap();
+    let summary = extract_outputs(&s.image, &s.dest, MIB).unwrap();
+    assert_eq!(summary.files, [OutputFile { path: "empty".into(), bytes: 0 }]);
+}
+
+#[test]
+fn an_image_may_end_inside_the_last_entrys_padding() {
+    let s = setup();
+    let mut bytes = header("a", b'0', 600).to_vec();
+    bytes.extend_from_slice(&[1; 600]);
+    bytes.resize(1536, 0);
+    bytes.extend_from_slice(&header("b", b'0', 100));
+    bytes.extend_from_slice(&[2; 100]);
+    fs::write(&s.image, bytes).unwrap();
+    let summary = extract_outputs(&s.image, &s.dest, MIB).unwrap();
+    assert_eq!(summary.bytes, 700);
+    assert_eq!(fs::read(s.dest.join("b")).unwrap(), [2; 100]);
+}
+
+#[test]
 fn escaping_names_are_refused() {
     let cases: &[(&str, EntryProblem)] = &[
         ("../escape", EntryProblem::DotComponent),
@@ -188,6 +210,10 @@ fn refusals_name_the_entry() {
     let e = s.extract(Archive::default().file("ok", b"").file("../escape", b"x"), MIB).unwrap_err();
     assert_eq!(e.to_string(), "output entry \"../escape\" (header at byte 512): '.' or '..' path component");
     assert!(s.dest.join("ok").exists(), "entries before the refused one stay");
+    // After an entry with data, its padding counts too.
+    let s = setup();
+    let e = s.extract(Archive::default().file("ok", &[1; 513]).file("../escape", b"x"), MIB).unwrap_err();
+    assert_eq!(e.to_string(), "output entry \"../escape\" (header at byte 1536): '.' or '..' path component");
 }
 
 #[test]
@@ -284,6 +310,13 @@ fn a_size_beyond_the_image_is_an_error() {
     let expected = EntryProblem::Truncated { declared: 0o77777777777, available: image_len - 512 };
     assert_eq!(entry_problem(e), expected);
     assert_eq!(s.tree(), ["dest"]);
+    // What is available is counted from the entry's own header.
+    let s = setup();
+    let archive = Archive::default().file("first", b"1").raw(header("huge", b'0', 0o77777777777), b"x");
+    let e = s.extract(archive, MIB).unwrap_err();
+    let image_len = fs::metadata(&s.image).unwrap().len();
+    let expected = EntryProblem::Truncated { declared: 0o77777777777, available: image_len - 1024 - 512 };
+    assert_eq!(entry_problem(e), expected);
 }
 
 #[test]
@@ -296,6 +329,12 @@ fn bad_headers_are_errors() {
 
     let mut h = header("a", b'0', 1);
     h[257..265].copy_from_slice(b"ustar  \0"); // GNU magic
+    fix_checksum(&mut h);
+    let e = s.extract(Archive::default().raw(h, b"x"), MIB).unwrap_err();
+    assert!(matches!(e, ArchiveError::Header { problem: HeaderProblem::NotUstar, .. }), "{e}");
+
+    let mut h = header("a", b'0', 1);
+    h[263..265].copy_from_slice(b"  "); // the POSIX magic with another version
     fix_checksum(&mut h);
     let e = s.extract(Archive::default().raw(h, b"x"), MIB).unwrap_err();
     assert!(matches!(e, ArchiveError::Header { problem: HeaderProblem::NotUstar, .. }), "{e}");

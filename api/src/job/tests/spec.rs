@@ -233,6 +233,48 @@ fn every_invalid_value_names_its_key_and_line() {
     }
 }
 
+/// Every limit is inclusive: the largest value allowed is allowed.
+#[test]
+fn values_at_their_limits_are_accepted() {
+    let dir = JobDir::new();
+    let text =
+        format!("{MINIMAL}[guest]\nmemory_mib = 8192\nvcpus = 64\ncpu_quota = 4\n[files]\noutputs_max_mib = 4096\n");
+    let spec = dir.parse(&text).unwrap();
+    assert_eq!((spec.memory_mib, spec.vcpus, spec.cpu_quota), (8192, 64, Some(4.0)));
+    assert_eq!(spec.outputs_max_bytes, 4096 << 20);
+    let spec = dir.parse(&format!("{MINIMAL}[guest]\nmemory_mib = 2\nvcpus = 1\n")).unwrap();
+    assert_eq!((spec.memory_mib, spec.vcpus), (2, 1));
+    let spec = dir.parse(&format!("{MINIMAL}[files]\noutputs = \"data\"\n")).unwrap();
+    assert_eq!(spec.outputs, dir.root.join("data"), "an existing directory is a fine outputs directory");
+}
+
+#[test]
+fn a_path_that_cannot_be_looked_up_is_not_called_missing() {
+    let dir = JobDir::new();
+    assert_eq!(
+        dir.err("[run]\nwasm = \"wc.wasm/m.wasm\""),
+        "$DIR/job.toml:2: run.wasm: cannot access $DIR/wc.wasm/m.wasm: not a directory"
+    );
+}
+
+#[test]
+fn every_kind_of_bad_tap_name_and_address_is_refused() {
+    let dir = JobDir::new();
+    let too_long = "t".repeat(16);
+    for tap in ["", ".", "..", too_long.as_str(), "a/b", "a:b", "a b", "a\tb", "a\\u0000b"] {
+        let message = dir.err(&format!("{MINIMAL}[network]\ntap = \"{tap}\"\n"));
+        assert!(message.starts_with("$DIR/job.toml:4: network.tap: not an interface name"), "{tap:?}: {message}");
+    }
+    for address in ["10.0.0.2", "10.0.0.2/", "10.0.0.2/+24", "10.0.0.2/ 24", "10.0.0.2/33", "::1/129", "x/24"] {
+        let message = dir.err(&format!("{MINIMAL}[network]\naddress = \"{address}\"\n"));
+        assert!(message.contains("network.address: not an IP address with a prefix length"), "{address:?}: {message}");
+    }
+    for tap in ["t", "mvm-0.1_x", &"t".repeat(15)] {
+        let spec = dir.parse(&format!("{MINIMAL}[network]\nenabled = true\ntap = \"{tap}\"\n")).unwrap();
+        assert_eq!(spec.network.unwrap().tap, tap);
+    }
+}
+
 #[test]
 fn invalid_run_values_name_their_key_and_line() {
     let dir = JobDir::new();

@@ -210,6 +210,116 @@ fn bad_vm_requests_name_their_field() {
 }
 
 #[test]
+fn vm_limits_are_inclusive_and_everything_past_them_is_refused() {
+    let f = fixture();
+    let serial = "s".repeat(20);
+    let launch =
+        vm(&f, json!({ "cpu_quota": 2, "timeout_s": 1e-9, "disks": [{ "path": "disk.img", "serial": serial }] }))
+            .unwrap();
+    assert!(launch.args.contains(&"--cpu-quota=2".to_owned()), "{:?}", launch.args);
+    let cases = [
+        json!({ "cpu_quota": 0 }),
+        json!({ "cpu_quota": -1 }),
+        json!({ "cpu_quota": 2.01 }),
+        json!({ "timeout_s": -1 }),
+        json!({ "timeout_s": 1e-12 }),
+        json!({ "timeout_s": 1e300 }),
+        json!({ "disks": [{ "path": "disk.img", "serial": "s".repeat(21) }] }),
+        json!({ "disks": [{ "path": "disk.img", "serial": "a,b" }] }),
+    ];
+    for body in cases {
+        let e = refused(vm(&f, body.clone()));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}: {}", e.error);
+    }
+}
+
+#[test]
+fn a_vms_record_has_its_disks_paths_made_absolute_and_no_nulls() {
+    let f = fixture();
+    let launch = vm(&f, json!({ "disks": [{ "path": "disk.img" }], "nets": [{ "tap": "t0", "mac": null }] })).unwrap();
+    let spec = &launch.record.spec;
+    assert_eq!(
+        spec["disks"],
+        json!([{ "path": f.ctx.files_root.join("disk.img"), "read_only": false, "serial": null }])
+    );
+    assert_eq!(spec["nets"], json!([{ "tap": "t0" }]), "a null inside an array's object is dropped too");
+    let launch = vm(&f, json!({ "memory_mib": 16 })).unwrap();
+    assert_eq!(launch.record.spec, json!({ "memory_mib": 16 }), "no disks, no disks key");
+}
+
+#[test]
+fn files_a_request_names_are_checked_with_the_reason() {
+    let f = fixture();
+    let say = |body: Value| {
+        let e = refused(vm(&f, body.clone()));
+        assert_eq!((e.status, e.field.as_deref()), (StatusCode::BAD_REQUEST, Some("kernel")), "{body}: {}", e.error);
+        e.error.replace(&f.ctx.files_root.display().to_string(), "$ROOT")
+    };
+    assert_eq!(say(json!({ "kernel": "data" })), "kernel: not a regular file: $ROOT/data");
+    assert_eq!(say(json!({ "kernel": "nope" })), "kernel: no such file: $ROOT/nope");
+    assert_eq!(say(json!({ "kernel": "m.wat/x" })), "kernel: cannot access $ROOT/m.wat/x: not a directory");
+    let launch = vm(&f, json!({ "memory_mib": 1024, "vcpus": 64 })).unwrap();
+    assert_eq!((launch.record.limits.memory_mib, launch.record.limits.vcpus), (1024, 64), "limits are inclusive");
+}
+
+#[test]
+fn job_paths_keep_their_given_names_and_the_job_files_own_checks() {
+    let f = fixture();
+    let root = &f.ctx.files_root;
+    std::os::unix::fs::symlink("m.wat", root.join("alias.wat")).unwrap();
+    let launch = job(&f, json!({ "run": { "wasm": "alias.wat" } })).unwrap();
+    assert_eq!(launch.record.spec["run"]["wasm"], json!(root.join("alias.wat")), "argv[0] is the name given");
+    for (wasm, says) in [
+        ("", "run.wasm: must name a .wasm or .wat file (got \"\")"),
+        ("m\u{0}.wat", "run.wasm: must not contain a NUL byte"),
+    ] {
+        let e = refused(job(&f, json!({ "run": { "wasm": wasm } })));
+        assert_eq!((e.status, e.error.as_str()), (StatusCode::BAD_REQUEST, says));
+    }
+    // An outputs directory that cannot be made is refused now, not after the job ran.
+    let e = refused(job(&f, json!({ "run": { "wasm": "m.wat" }, "files": { "outputs": "m.wat/out" } })));
+    assert_eq!((e.status, e.field.as_deref()), (StatusCode::BAD_REQUEST, Some("files.outputs")), "{}", e.error);
+    assert!(e.error.ends_with("m.wat/out: not a directory"), "{}", e.error);
+}
+
+#[test]
+fn a_path_outside_the_root_says_what_it_resolves_to_only_through_a_link() {
+    let f = fixture();
+    std::os::unix::fs::symlink(&f.outside, f.ctx.files_root.join("link.txt")).unwrap();
+    let inputs = |input: &Path| json!({ "run": { "wasm": "m.wat" }, "files": { "inputs": [input] } });
+    let e = refused(job(&f, inputs(&f.ctx.files_root.join("link.txt"))));
+    assert!(e.error.ends_with(&format!(", which resolves to {})", f.outside.display())), "{}", e.error);
+    let e = refused(job(&f, inputs(&f.outside)));
+    assert!(e.error.ends_with(&format!("(got {})", f.outside.display())), "{}", e.error);
+}
+
+#[test]
+fn a_vm_keeps_a_valid_name_and_a_bad_one_is_refused() {
+    let f = fixture();
+    assert_eq!(vm(&f, json!({ "name": "web-1.a_b" })).unwrap().record.name, "web-1.a_b");
+    for bad in ["", "a b", "..", &"x".repeat(65)] {
+        let e = refused(vm(&f, json!({ "name": bad })));
+        assert_eq!((e.status, e.field.as_deref()), (StatusCode::BAD_REQUEST, Some("name")), "{bad:?}: {}", e.error);
+    }
+}
+
+#[tokio::test]
+async fn an_error_answers_with_its_status_and_a_json_body_naming_the_field() {
+    let response = ApiError::field("guest.vcpus", "must be at most 64 (got 65)").into_response();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body, json!({ "error": "guest.vcpus: must be at most 64 (got 65)", "field": "guest.vcpus" }));
+    let response = ApiError::not_found(Kind::Vm, "abc").into_response();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({ "error": "no vm with id \"abc\"", "field": null })
+    );
+}
+
+#[test]
 fn macs_are_six_hex_bytes_and_unicast() {
     assert!(valid_mac("52:54:00:12:34:56"));
     for bad in ["52:54:00:12:34", "52:54:00:12:34:5g", "53:54:00:12:34:56", "525400123456", "52:54:00:12:34:56:00"] {
