@@ -212,11 +212,13 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
         Some(Err(err)) => (Vec::new(), 0, Some(format!("{:#}", anyhow::Error::from(err)))),
         None => (Vec::new(), 0, None),
     };
+    let status = ending.exit_status(output_error.is_some());
     if json {
         let report = serde_json::json!({
             "job": spec.name,
             "reason": ending.reason,
-            "status": ending.status,
+            // What mvm exits with, so that the report and the status agree.
+            "status": status,
             "end": ending.line,
             "elapsed_s": elapsed.as_secs_f64(),
             "outputs": { "dir": spec.outputs, "files": files, "bytes": bytes, "error": output_error },
@@ -228,7 +230,7 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
             eprintln!("mvm: outputs not fully collected: {err}");
         }
     }
-    Ok(ending.exit_status(output_error.is_some()))
+    Ok(status)
 }
 
 #[cfg(test)]

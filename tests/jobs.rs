@@ -354,6 +354,12 @@ fn outputs_that_cannot_be_written_make_a_successful_job_exit_125() {
     let blocked = dir.path().canonicalize().unwrap().join("blocker/out");
     let expected = format!("mvm: outputs not fully collected: cannot write {}: Not a directory", blocked.display());
     assert!(lines[0].starts_with(&expected), "expected {expected:?} in {stderr}");
+    // The JSON report's status is the one mvm exits with.
+    let out = up(&dir.path().join("job.toml"), &["--json"]);
+    assert_eq!(out.status.code(), Some(MVM_ERROR), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&last_line(&out)).unwrap();
+    assert_eq!(report["status"], MVM_ERROR, "{report}");
+    assert!(report["outputs"]["error"].as_str().is_some_and(|e| e.starts_with("cannot write ")), "{report}");
 }
 
 /// The guest kernel with `ud2` over the first instruction of its job

@@ -919,7 +919,21 @@ exit 99
         let spent = reaper_cpu() - reaper;
         assert!(spent < Duration::from_millis(50), "an idle reaper used {spent:?} of CPU");
 
+        // The reaper records b's end in the store, which it cannot do while
+        // another connection holds the database's write lock: a shutdown that
+        // waits for the end to be recorded lasts at least as long as the lock.
+        const HELD: Duration = Duration::from_millis(300);
+        let blocker = rusqlite::Connection::open(state.join("mvm.db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(HELD);
+            blocker.execute_batch("COMMIT").unwrap();
+        });
+        let shutting_down = Instant::now();
         supervisor.shutdown();
+        let took = shutting_down.elapsed();
+        release.join().unwrap();
+        assert!(took >= HELD, "shutdown returned after {took:?}, before b's end could be recorded");
         assert_eq!(supervisor.running(), 0);
         assert_eq!(record_of(&store, "b").state, State::Lost, "shutdown waits for the end to be recorded");
         assert!(
