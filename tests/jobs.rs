@@ -25,7 +25,7 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn up(job: &Path, extra: &[&str]) -> Output {
-    mvm().arg("up").args(extra).arg(job).output().expect("cannot run mvm up")
+    common::run(mvm().arg("up").args(extra).arg(job))
 }
 
 /// A job folder in a temporary directory: job.toml plus the given files.
@@ -321,7 +321,7 @@ fn outputs_over_outputs_max_mib_are_refused_and_mvm_exits_125() {
     let out = up(&dir.path().join("job.toml"), &["--json"]);
     assert_eq!(out.status.code(), Some(MVM_ERROR), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(&last_line(&out)).expect("a JSON report");
-    assert_eq!((report["reason"].as_str(), report["status"].as_u64()), (Some("exit"), Some(0)), "{report}");
+    assert_eq!((report["reason"].as_str(), report["status"].as_u64()), (Some("exit"), Some(125)), "{report}");
     assert_eq!(report["outputs"]["error"], "outputs exceed outputs_max_mib (1 MiB)", "{report}");
     assert!(!dir.path().join("out/big.bin").exists(), "nothing over the cap is written");
 

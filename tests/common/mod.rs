@@ -55,8 +55,38 @@ pub fn max_vcpus() -> u64 {
         .expect("mvm check prints max_vcpus")
 }
 
+/// The longest one command of a test may run: a hang then fails its test,
+/// with what the command printed, instead of hanging the whole suite.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd` to its end, as `Command::output` does, but kills it and fails
+/// the test when it runs longer than [`RUN_LIMIT`].
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("cannot run mvm")
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot run mvm");
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for mvm") {
+            break status;
+        }
+        if started.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap_or_default();
+            panic!("{cmd:?} still ran after {RUN_LIMIT:?} and was killed; its stderr: {}", text(&stderr));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 pub fn text(bytes: &[u8]) -> String {
