@@ -743,20 +743,28 @@ mod tests {
         assert!(share < 0.2, "used {share:.3} cores under a quota of 0.1");
     }
 
-    /// Threads parked at a closed gate (a tiny quota keeps it closed most of
-    /// the time) end promptly once the controller stops.
-    #[test]
-    fn stopping_releases_parked_threads() {
+    /// Two busy fake vCPUs under a tiny quota, once the controller has
+    /// closed the gate on them: the throttle, their stop flag, the
+    /// controller, and the guard that stops them if the test fails.
+    fn parked_vcpus() -> (Arc<Throttle>, Arc<AtomicBool>, Controller, StopOnDrop) {
         let throttle = Throttle::new(Quota(0.01), 2).unwrap();
         let (stop, used) = (Arc::new(AtomicBool::new(false)), Arc::new(Used::default()));
         let mut threads = fake_vcpus(&throttle, &stop, &used);
         let controller = Controller::start(throttle.clone(), &mut threads).unwrap();
-        let _stop = StopOnDrop(stop.clone());
+        let guard = StopOnDrop(stop.clone());
         let waited = Instant::now();
         while !throttle.closed.load(Ordering::SeqCst) {
             assert!(waited.elapsed() < Duration::from_secs(3), "the gate never closed");
             std::thread::sleep(Duration::from_micros(200));
         }
+        (throttle, stop, controller, guard)
+    }
+
+    /// Threads parked at a closed gate (a tiny quota keeps it closed most of
+    /// the time) end promptly once the controller stops.
+    #[test]
+    fn stopping_releases_parked_threads() {
+        let (throttle, stop, controller, _stop) = parked_vcpus();
         let stopping = Instant::now();
         stop_all(controller, &stop);
         assert!(stopping.elapsed() < Duration::from_millis(500), "took {:?} to stop", stopping.elapsed());
@@ -767,16 +775,7 @@ mod tests {
     /// the gate, so that the vCPU threads it drops can end.
     #[test]
     fn dropping_the_controller_ends_it() {
-        let throttle = Throttle::new(Quota(0.01), 2).unwrap();
-        let (stop, used) = (Arc::new(AtomicBool::new(false)), Arc::new(Used::default()));
-        let mut threads = fake_vcpus(&throttle, &stop, &used);
-        let controller = Controller::start(throttle.clone(), &mut threads).unwrap();
-        let _stop = StopOnDrop(stop.clone());
-        let waited = Instant::now();
-        while !throttle.closed.load(Ordering::SeqCst) {
-            assert!(waited.elapsed() < Duration::from_secs(3), "the gate never closed");
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        let (throttle, stop, controller, _stop) = parked_vcpus();
         stop.store(true, Ordering::Release);
         within(Duration::from_secs(3), "dropping the controller", move || drop(controller));
         assert!(!throttle.closed.load(Ordering::SeqCst));

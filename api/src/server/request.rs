@@ -287,7 +287,7 @@ pub fn vm(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Launc
     Ok(Launch { record: new_record(id, Kind::Vm, name, Value::Object(obj), limits, None, now), job_toml: None, args })
 }
 
-fn new_record(
+pub(crate) fn new_record(
     id: &str,
     kind: Kind,
     name: String,

@@ -751,23 +751,8 @@ exit 99
             timeout_s: None,
             outputs_max_mib: None,
         };
-        let record = Record {
-            id: id.into(),
-            kind: Kind::Job,
-            name: id.into(),
-            spec: Value::Null,
-            state: State::Created,
-            created_at: 1.0,
-            started_at: None,
-            ended_at: None,
-            pid: None,
-            limits,
-            outputs_dir,
-            exit: None,
-            report: None,
-            stderr_end: None,
-            usage: None,
-        };
+        let record =
+            crate::server::request::new_record(id, Kind::Job, id.into(), Value::Null, limits, outputs_dir, 1.0);
         Launch { record, job_toml: Some("# job".into()), args: args.iter().map(|a| a.to_string()).collect() }
     }
 
