@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use mvm_vmm::power::ExitReason;
 use mvm_vmm::virtio::{DiskConfig, NetConfig, NotifyPath};
-use mvm_vmm::{KernelSource, VmConfig, VmEnd};
+use mvm_vmm::{KernelSource, VmConfig};
 
 mod remote;
 mod up;
@@ -17,13 +16,7 @@ mod up;
 static BUILTIN_GUEST: &[u8] = include_bytes!(env!("MVM_GUEST_ELF"));
 
 /// Exit statuses of mvm itself; a guest's own status passes through as is.
-mod status {
-    pub const TRAP: u8 = 121;
-    pub const OUT_OF_MEMORY: u8 = 122;
-    pub const GUEST_CRASHED: u8 = 123;
-    pub const TIMEOUT: u8 = 124;
-    pub const MVM_ERROR: u8 = 125;
-}
+mod status;
 
 #[derive(Parser)]
 #[command(
@@ -211,47 +204,7 @@ fn boot(args: BootArgs, kvm_path: PathBuf) -> anyhow::Result<u8> {
         notify: args.virtio_notify,
     };
     let end = mvm_vmm::vm::run(&config, std::io::stdout()).context("cannot boot the VM")?;
-    Ok(report(&end))
-}
-
-/// Says on stderr why the VM ended, unless the guest simply exited, and
-/// gives mvm's exit status.
-fn report(end: &VmEnd) -> u8 {
-    match end {
-        VmEnd::PowerOff(exit) => {
-            match exit.reason {
-                ExitReason::Exit | ExitReason::Fault | ExitReason::OutOfMemory | ExitReason::Trap => {}
-                ExitReason::Panic => eprintln!("mvm: guest panicked (status {})", exit.status),
-                ExitReason::Unknown(code) => {
-                    eprintln!("mvm: guest powered off with unknown reason {code} (status {})", exit.status)
-                }
-            }
-            exit.status
-        }
-        VmEnd::Trap { message } => {
-            eprintln!("mvm: trap: {message}");
-            status::TRAP
-        }
-        VmEnd::OutOfMemory { ram_mib } => {
-            eprintln!("mvm: guest out of memory (guest RAM {ram_mib} MiB)");
-            status::OUT_OF_MEMORY
-        }
-        VmEnd::Reset => {
-            eprintln!("mvm: guest asked for a reset; the VM was stopped");
-            0
-        }
-        VmEnd::Crashed(crash) => {
-            eprintln!("mvm: {crash}");
-            if let Some(registers) = crash.registers() {
-                eprintln!("mvm: {registers}");
-            }
-            status::GUEST_CRASHED
-        }
-        VmEnd::TimedOut(limit) => {
-            eprintln!("mvm: timeout after {} s: the VM was stopped", limit.as_secs_f64());
-            status::TIMEOUT
-        }
-    }
+    Ok(status::boot_report(&end))
 }
 
 fn serve(args: ServeArgs, kvm_device: PathBuf) -> anyhow::Result<u8> {
