@@ -147,13 +147,17 @@ pub(crate) fn gather(
     }
 }
 
-/// Copies `data` into the buffers, starting `skip` bytes in.
+/// Copies `data` into the buffers, starting `skip` bytes in: all of it, or,
+/// when a piece lies outside guest memory, nothing.
 pub(crate) fn scatter(
     mem: &GuestMemoryMmap,
     segments: &[Segment],
     skip: u64,
     data: &[u8],
 ) -> Result<(), vm_memory::GuestMemoryError> {
+    if !in_guest_memory(mem, segments, skip, data.len() as u64) {
+        return Err(vm_memory::GuestMemoryError::PartialBuffer { expected: data.len(), completed: 0 });
+    }
     let mut done = 0;
     for_each_piece(segments, skip, data.len() as u64, |addr, n| -> Result<(), vm_memory::GuestMemoryError> {
         mem.write_slice(&data[done..done + n], addr)?;
@@ -348,6 +352,8 @@ mod tests {
         assert!(!in_guest_memory(&mem, &outside, 0, 4));
         assert!(in_guest_memory(&mem, &outside, 0, 2));
         assert!(scatter(&mem, &outside, 0, b"wxyz").is_err());
+        let kept: [u8; 2] = mem.read_obj(GuestAddress(0xfffe)).unwrap();
+        assert_eq!(kept, [0, 0], "a scatter that does not fit writes nothing");
         let wraps = [Segment { addr: GuestAddress(u64::MAX - 1), len: 16 }];
         assert!(!in_guest_memory(&mem, &wraps, 0, 16));
     }

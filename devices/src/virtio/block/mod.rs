@@ -337,9 +337,6 @@ fn execute(disk: &Disk, mem: &GuestMemoryMmap, chain: &Chain, metrics: &BlockMet
         }
         VIRTIO_BLK_T_GET_ID => {
             let n = writable.min(ID_LEN as u64);
-            if !chain::in_guest_memory(mem, &chain.writable, 0, n) {
-                return Err(RequestError::GuestMemory);
-            }
             chain::scatter(mem, &chain.writable, 0, &disk.id[..n as usize]).map_err(|_| RequestError::GuestMemory)?;
             Ok(n)
         }
