@@ -15,6 +15,8 @@ pub mod loader;
 pub mod memory;
 pub mod pvm;
 pub mod quota;
+#[cfg(test)]
+mod test_utils;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -489,9 +489,9 @@ fn control(throttle: &Throttle, mut vm: impl Vm) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_utils::within;
     use std::ops::Range;
     use std::sync::atomic::AtomicU64;
-    use std::sync::mpsc;
 
     #[test]
     fn quotas_are_checked_against_the_host() {
@@ -572,21 +572,6 @@ mod tests {
             drop(in_guest);
             assert!(!throttle.anyone_in_guest());
         });
-    }
-
-    /// Runs `f` on another thread and fails the test if it takes more than
-    /// `limit`, rather than hanging the suite. (A thread that overstays is
-    /// left behind: the test has failed anyway.)
-    fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        match rx.recv_timeout(limit) {
-            Ok(done) => done,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} took more than {limit:?}"),
-            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} failed (its panic is above)"),
-        }
     }
 
     /// The controller's timed sleep lasts until its deadline even while a

@@ -429,6 +429,7 @@ fn guest_end(vcpu: &mut impl RunVcpu, cause: StopCause) -> EndCause {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_utils::within;
     use mvm_devices::power::{ExitPort, EXIT_PORT, EXIT_PORT_LEN};
     use mvm_devices::timer::{WakeTimer, WAKE_TIMER_LEN, WAKE_TIMER_PORT};
 
@@ -446,16 +447,6 @@ mod tests {
         assert_eq!(action, ExitAction::SetWake(Some(Duration::from_micros(2500))));
     }
 
-    /// Runs `f` on its own thread and fails the test if it has not returned
-    /// within `limit`: a broken wait must fail the test, not hang it.
-    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(limit).unwrap_or_else(|_| panic!("still waiting after {limit:?}"))
-    }
-
     #[test]
     fn wakeup_returns_at_the_deadline_or_when_notified() {
         let wakeup = Arc::new(Wakeup::default());
@@ -465,7 +456,9 @@ mod tests {
         // A notification before the wait is kept for it, and only for it.
         wakeup.notify();
         let waiter = wakeup.clone();
-        within(Duration::from_secs(5), move || waiter.wait_until(Some(Instant::now() + Duration::from_secs(60))));
+        within(Duration::from_secs(5), "a wait with a notification kept for it", move || {
+            waiter.wait_until(Some(Instant::now() + Duration::from_secs(60)))
+        });
         let start = Instant::now();
         wakeup.wait_until(Some(start + Duration::from_millis(20)));
         assert!(start.elapsed() >= Duration::from_millis(20), "a notification was kept for two waits");
@@ -474,7 +467,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
             notifier.notify();
         });
-        within(Duration::from_secs(5), move || wakeup.wait_until(None));
+        within(Duration::from_secs(5), "a wait until notified", move || wakeup.wait_until(None));
         t.join().unwrap();
     }
 
@@ -640,7 +633,7 @@ mod tests {
     /// Runs the vCPU loop over `steps` to its end; returns the end and the
     /// times each KVM_RUN began.
     fn run_script(steps: Vec<Step>, idle: Idle) -> (Option<EndCause>, Vec<Instant>) {
-        within(Duration::from_secs(10), move || {
+        within(Duration::from_secs(10), "the vCPU loop", move || {
             let mut vcpu = Scripted::new(steps);
             let end = run_loop(&mut vcpu, &buses(), &AtomicBool::new(false), &idle, None);
             let runs = vcpu.runs.lock().unwrap().clone();
@@ -742,7 +735,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         stop.store(true, Ordering::Release);
-        within(Duration::from_secs(10), move || thread.stop_and_join());
+        within(Duration::from_secs(10), "stopping the vCPU thread", move || thread.stop_and_join());
         assert!(dropped.load(Ordering::SeqCst), "the vCPU thread had not ended");
         assert!(events.try_recv().is_err(), "a vCPU the VM stopped reported an end of its own");
     }
@@ -802,7 +795,9 @@ mod tests {
         let handle = std::thread::spawn(move || stuck.recv().unwrap());
         let thread = VcpuThread { handle, wakeup: Arc::default() };
         let started = Instant::now();
-        let result = within(Duration::from_secs(10), move || thread.stop_within(Duration::from_millis(200)));
+        let result = within(Duration::from_secs(10), "giving up on a stuck thread", move || {
+            thread.stop_within(Duration::from_millis(200))
+        });
         assert!(
             matches!(result, Err(KickError::Unresponsive(limit)) if limit == Duration::from_millis(200)),
             "{result:?}"
