@@ -234,19 +234,9 @@ fn spinning_guest_is_stopped_by_the_timeout() {
     common::require_kvm();
     // Not a speed check: a broken timeout must fail the test, not hang it.
     let args = ["boot", "--cmdline", "mvm.test=spin", "--timeout-s", "0.5"];
-    let child = mvm().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
-    let mut running = Running(child.unwrap());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = running.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "mvm still ran 30 s after its 0.5 s timeout");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(running.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(TIMEOUT), "{stderr}");
+    let done = common::measure_within(mvm().args(args), Duration::from_secs(30));
+    let stderr = text(&done.stderr);
+    assert_eq!(done.status.code(), Some(TIMEOUT), "{stderr}");
     assert!(stderr.contains("timeout after 0.5 s"), "{stderr}");
 }
 

@@ -9,11 +9,11 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{boot, mvm};
+use common::{boot, mvm, text};
 
 const MVM_ERROR: i32 = 125;
 const TIMEOUT: i32 = 124;
@@ -38,54 +38,11 @@ struct Measured {
 /// How long any mvm run of these tests may take before it is killed.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Runs mvm and measures its CPU time with wait4 (which reaps it:
-/// `Child::wait` is not called). Kills it, failing the test, after [`LIMIT`].
+/// Runs mvm and measures its CPU time. Kills it, failing the test, after
+/// [`LIMIT`].
 fn measure(args: &[&str]) -> Measured {
-    let started = Instant::now();
-    let mut child = mvm().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let stdout_reader = read_all(child.stdout.take().unwrap());
-    let stderr_reader = read_all(child.stderr.take().unwrap());
-    let (status, usage) = reap_within(child, LIMIT);
-    let wall = started.elapsed();
-    let output = stdout_reader.join().unwrap() + &stderr_reader.join().unwrap();
-    assert!(status.is_some(), "mvm {args:?} ran for more than {LIMIT:?} and was killed: {output}");
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Measured { code: libc::WEXITSTATUS(status.unwrap()), cpu: tv(usage.ru_utime) + tv(usage.ru_stime), wall, output }
-}
-
-fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        pipe.read_to_string(&mut out).unwrap();
-        out
-    })
-}
-
-/// Waits for `child` to end, for at most `limit`, then reaps it with wait4:
-/// its wait status (None: it was killed at the limit) and its rusage.
-#[allow(clippy::zombie_processes)] // wait4 reaps it, not Child::wait
-fn reap_within(child: Child, limit: Duration) -> (Option<i32>, libc::rusage) {
-    let pid = child.id() as libc::pid_t;
-    let deadline = Instant::now() + limit;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our child, not yet reaped (Child::wait is not called).
-        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if reaped == pid {
-            return (Some(status), usage);
-        }
-        assert_eq!(reaped, 0, "wait4: {}", std::io::Error::last_os_error());
-        if Instant::now() >= deadline {
-            // SAFETY: `pid` is our child and not reaped, so still ours to kill.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            // SAFETY: as above; it ends now.
-            assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
-            return (None, usage);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let done = common::measure_within(mvm().args(args), LIMIT);
+    Measured { code: done.code(), cpu: done.cpu, wall: done.wall, output: text(&done.stdout) + &text(&done.stderr) }
 }
 
 fn field(line: &str, name: &str) -> u64 {

@@ -3,9 +3,10 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn mvm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mvm"))
@@ -57,11 +58,38 @@ pub fn max_vcpus() -> u64 {
 
 /// The longest one command of a test may run: a hang then fails its test,
 /// with what the command printed, instead of hanging the whole suite.
-const RUN_LIMIT: Duration = Duration::from_secs(120);
+pub const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs `cmd` to its end, as `Command::output` does, but kills it and fails
 /// the test when it runs longer than [`RUN_LIMIT`].
 pub fn run(cmd: &mut Command) -> Output {
+    let done = measure_within(cmd, RUN_LIMIT);
+    Output { status: done.status, stdout: done.stdout, stderr: done.stderr }
+}
+
+/// A command that ran to its end: how it ended, its CPU time (user and
+/// system, every thread, from wait4), its wall time and its output.
+pub struct Measured {
+    pub status: ExitStatus,
+    pub cpu: Duration,
+    pub wall: Duration,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Measured {
+    /// The exit code; fails the test if the command was killed by a signal.
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or_else(|| panic!("killed: {}; stderr: {}", self.status, text(&self.stderr)))
+    }
+}
+
+/// Runs `cmd` to its end and measures it. Kills it, failing the test, when
+/// it runs longer than `limit`. The child is reaped by wait4 (for its
+/// rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+pub fn measure_within(cmd: &mut Command, limit: Duration) -> Measured {
+    let started = Instant::now();
     let mut child =
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot run mvm");
     let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
@@ -73,20 +101,37 @@ pub fn run(cmd: &mut Command) -> Output {
     };
     let stdout = read_all(Box::new(child.stdout.take().unwrap()));
     let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("cannot wait for mvm") {
-            break status;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our child, not yet reaped (Child::wait is not called).
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            break;
         }
-        if started.elapsed() > RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
+        assert_eq!(reaped, 0, "wait4: {}", std::io::Error::last_os_error());
+        if started.elapsed() > limit {
+            // SAFETY: `pid` is our child and not reaped, so still ours to
+            // kill and reap.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::wait4(pid, &mut status, 0, &mut usage);
+            }
             let stderr = stderr.join().unwrap_or_default();
-            panic!("{cmd:?} still ran after {RUN_LIMIT:?} and was killed; its stderr: {}", text(&stderr));
+            panic!("{cmd:?} still ran after {limit:?} and was killed; its stderr: {}", text(&stderr));
         }
         std::thread::sleep(Duration::from_millis(2));
-    };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Measured {
+        status: ExitStatus::from_raw(status),
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        wall: started.elapsed(),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -105,25 +150,11 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `cmd` to its end and returns its exit status, the CPU time (user +
-/// system) it used, from wait4, and its stdout.
-#[allow(clippy::zombie_processes)] // wait4 reaps it, not Child::wait
+/// Runs `cmd` to its end (bounded by [`RUN_LIMIT`]) and returns its exit
+/// status, the CPU time (user + system) it used, from wait4, and its stdout.
 pub fn run_measuring_cpu(cmd: &mut Command) -> (i32, Duration, String) {
-    let child = cmd.stdout(Stdio::piped()).spawn().expect("cannot run mvm");
-    let pid = child.id() as libc::pid_t;
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
-        out
-    });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, which nothing else reaps.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid);
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    (libc::WEXITSTATUS(status), tv(usage.ru_utime) + tv(usage.ru_stime), reader.join().unwrap())
+    let done = measure_within(cmd, RUN_LIMIT);
+    (done.code(), done.cpu, text(&done.stdout))
 }
 
 /// A copy of `examples/NAME` in a temporary directory (removed on drop), so
