@@ -33,11 +33,15 @@ struct Ending {
     status: u8,
     /// Whether the guest got to write its outputs.
     outputs: bool,
-    /// Whether the guest's console explains the ending, so that mvm prints it.
-    console: bool,
 }
 
 impl Ending {
+    /// Whether the guest's console explains the ending (the guest kernel
+    /// itself failed), so that mvm prints it.
+    fn shows_console(&self) -> bool {
+        self.reason == "guest crashed"
+    }
+
     /// mvm's exit status: the job's, except that a job which succeeded but
     /// whose outputs could not all be collected is an error (125), so that
     /// no caller takes its results for complete.
@@ -56,33 +60,30 @@ fn ending(end: &VmEnd, memory_mib: u64) -> Ending {
         line: format!("guest crashed: {detail}"),
         status: status::GUEST_CRASHED,
         outputs: false,
-        console: true,
     };
     match end {
         VmEnd::PowerOff(exit) if exit.reason == ExitReason::Exit => {
             let line = format!("exit {}", exit.status);
-            Ending { reason: "exit", line, status: exit.status, outputs: true, console: false }
+            Ending { reason: "exit", line, status: exit.status, outputs: true }
         }
         VmEnd::PowerOff(exit) => {
             crashed(format!("the guest kernel stopped ({:?}, status {})", exit.reason, exit.status))
         }
         VmEnd::Trap { message } => {
             let line = format!("trap: {message}");
-            Ending { reason: "trap", line, status: status::TRAP, outputs: true, console: false }
+            Ending { reason: "trap", line, status: status::TRAP, outputs: true }
         }
         VmEnd::OutOfMemory { .. } => Ending {
             reason: "out of memory",
             line: format!("out of memory (guest RAM {memory_mib} MiB)"),
             status: status::OUT_OF_MEMORY,
             outputs: false,
-            console: false,
         },
         VmEnd::TimedOut(limit) => Ending {
             reason: "timeout",
             line: format!("timeout after {} s", limit.as_secs_f64()),
             status: status::TIMEOUT,
             outputs: false,
-            console: false,
         },
         VmEnd::Crashed(crash) => crashed(crash.detail()),
         VmEnd::Reset => crashed("the guest kernel reset".to_string()),
@@ -200,7 +201,7 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> 
     } else {
         None
     };
-    if ending.console {
+    if ending.shows_console() {
         let kept = diagnostics.0.lock().unwrap_or_else(|p| p.into_inner());
         eprintln!("mvm: the guest's console:\n{}", String::from_utf8_lossy(&kept));
     }
@@ -293,7 +294,7 @@ mod tests {
         for (end, reason, line, code, outputs, console) in cases {
             let ending = ending(&end, 16);
             assert_eq!(
-                (ending.reason, ending.line.as_str(), ending.status, ending.outputs, ending.console),
+                (ending.reason, ending.line.as_str(), ending.status, ending.outputs, ending.shows_console()),
                 (reason, line, code, outputs, console)
             );
         }
