@@ -24,7 +24,7 @@ pub struct FaultReport {
     pub stack_overflow: bool,
 }
 
-fn halt_forever() -> ! {
+pub(crate) fn halt_forever() -> ! {
     // A VMM without the port: stop here rather than run on.
     loop {
         // SAFETY: halting with nothing left to do.

@@ -96,12 +96,9 @@ fn reset() {
 
 /// Halts with no wake deadline armed and nothing else that could wake the
 /// vCPU.
-fn halt() {
+fn halt() -> ! {
     outl(crate::idle::WAKE_TIMER_PORT, crate::idle::WAKE_TIMER_CANCEL);
-    loop {
-        // SAFETY: halting for good is the point.
-        unsafe { asm!("hlt", options(nomem, nostack)) };
-    }
+    crate::power::halt_forever()
 }
 
 /// Writes a mask to the master 8259 PIC and reads it back: only an
