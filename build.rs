@@ -9,9 +9,19 @@ use std::process::Command;
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let guest = root.join("guest-image");
-    for input in
-        ["src", "Cargo.toml", "Cargo.lock", "build.rs", "link.ld", ".cargo/config.toml", "wasi/src", "wasi/Cargo.toml"]
-    {
+    for input in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "link.ld",
+        ".cargo/config.toml",
+        "wasi/src",
+        "wasi/Cargo.toml",
+        "wasm-config/src",
+        "wasm-config/Cargo.toml",
+        "no-memfd",
+    ] {
         println!("cargo:rerun-if-changed={}", guest.join(input).display());
     }
     let target_root = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));

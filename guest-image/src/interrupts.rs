@@ -11,6 +11,7 @@
 use core::arch::{asm, global_asm};
 use core::mem::size_of;
 use core::ptr::addr_of;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::gdt::{DOUBLE_FAULT_IST, KERNEL_CS};
 
@@ -162,11 +163,39 @@ fn name(vector: u64) -> &'static str {
 
 const BACKTRACE_MAX: usize = 32;
 
+const DIVIDE_ERROR: u64 = 0;
+const INVALID_OPCODE: u64 = 6;
+const PAGE_FAULT: u64 = 14;
+
+/// Offered a fault before it is reported: (rip, rbp, whether an address
+/// faulted, that address). wasmtime's has this C signature; it does not
+/// return when the fault is a trap in wasm code, whose entry it resumes.
+pub type TrapHandler = extern "C" fn(usize, usize, bool, usize);
+
+static TRAP_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn set_trap_handler(handler: TrapHandler) {
+    TRAP_HANDLER.store(handler as usize, Ordering::Release);
+}
+
+/// Hands the faults compiled wasm raises on purpose (`ud2` for its traps,
+/// an access to a guard page, a division) to the trap handler, if any.
+fn offer_to_trap_handler(vector: u64, rip: u64, rbp: u64, cr2: u64) {
+    let handler = TRAP_HANDLER.load(Ordering::Acquire);
+    if handler == 0 || ![DIVIDE_ERROR, INVALID_OPCODE, PAGE_FAULT].contains(&vector) {
+        return;
+    }
+    // SAFETY: only `set_trap_handler` stores a non-zero value, a TrapHandler.
+    let handler: TrapHandler = unsafe { core::mem::transmute::<usize, TrapHandler>(handler) };
+    handler(rip as usize, rbp as usize, vector == PAGE_FAULT, cr2 as usize);
+}
+
 extern "C" fn fault_entry(frame: &FaultFrame, rbp: u64) -> ! {
     let cr2: u64;
     // SAFETY: reading CR2 has no side effects.
     unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
     let vector = frame.vector;
+    offer_to_trap_handler(vector, frame.rip, rbp, cr2);
     let overflow = crate::paging::is_stack_guard(cr2) && (vector == 14 || vector == u64::from(DOUBLE_FAULT));
     let console = crate::console::print;
     console(format_args!(

@@ -30,6 +30,7 @@ mod rt;
 mod selftest;
 mod time;
 mod virtio;
+mod vmem;
 mod workload;
 
 use core::arch::global_asm;

@@ -1,7 +1,8 @@
 //! The guest's own page tables: all RAM identity-mapped with 2 MiB pages,
 //! except the 2 MiB around the boot stack, which gets 4 KiB pages so that the
-//! page below the stack can stay unmapped as a guard. Under PVM every entry
-//! carries the U/S bit, as the VMM's boot tables do (see pvm.rs).
+//! page below the stack can stay unmapped as a guard. Above RAM, 4 KiB pages
+//! mapped one by one with their own protections (see vmem.rs). Under PVM
+//! every entry carries the U/S bit, as the VMM's boot tables do (see pvm.rs).
 
 use alloc::alloc::{alloc_zeroed, Layout};
 use core::arch::asm;
@@ -18,6 +19,8 @@ const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const HUGE: u64 = 1 << 7;
+/// Honoured because the VMM sets EFER.NXE.
+const NO_EXECUTE: u64 = 1 << 63;
 const PAGE: u64 = 4096;
 const HUGE_PAGE: u64 = 2 << 20;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -103,25 +106,28 @@ pub fn init(frames: &mut Frames, ram_top: u64, pvm: bool) {
     unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
 }
 
+/// A zeroed page-table frame from the heap, for tables made after boot;
+/// it lives as long as the mapping.
+fn heap_table() -> u64 {
+    let layout = Layout::from_size_align(PAGE as usize, PAGE as usize).expect("page layout");
+    // SAFETY: a non-zero layout.
+    let table = unsafe { alloc_zeroed(layout) };
+    if table.is_null() {
+        alloc::alloc::handle_alloc_error(layout);
+    }
+    table as u64
+}
+
 /// Identity-maps a device's MMIO window (2 MiB pages, tables from the heap).
 pub fn map_device(base: u64, size: u64) {
     let (pml4, flags) = (PML4.load(Ordering::Relaxed), FLAGS.load(Ordering::Relaxed));
-    let new_table = &mut || {
-        let layout = Layout::from_size_align(PAGE as usize, PAGE as usize).expect("page layout");
-        // SAFETY: a non-zero layout; the table lives as long as the mapping.
-        let table = unsafe { alloc_zeroed(layout) };
-        if table.is_null() {
-            alloc::alloc::handle_alloc_error(layout);
-        }
-        table as u64
-    };
     let mut addr = base & !(HUGE_PAGE - 1);
     while addr < base.saturating_add(size) {
         // SAFETY: the tables are the live ones or new heap pages, all
         // identity-mapped; a 2 MiB entry is written only where none is.
         unsafe {
-            let pdpt = next_table(new_table, pml4, (addr >> 39) & 511, flags);
-            let pd = next_table(new_table, pdpt, (addr >> 30) & 511, flags);
+            let pdpt = next_table(&mut heap_table, pml4, (addr >> 39) & 511, flags);
+            let pd = next_table(&mut heap_table, pdpt, (addr >> 30) & 511, flags);
             let slot = entry(pd, (addr >> 21) & 511);
             if *slot & PRESENT == 0 {
                 *slot = addr | flags | HUGE;
@@ -129,6 +135,78 @@ pub fn map_device(base: u64, size: u64) {
         }
         addr += HUGE_PAGE;
     }
-    // SAFETY: reloading the same root flushes any stale translation.
+    flush_all();
+}
+
+/// Drops every cached translation. One reload of CR3 is one exit under
+/// PVM, where each `invlpg` would be one too: callers batch their changes.
+pub fn flush_all() {
+    let pml4 = PML4.load(Ordering::Relaxed);
+    // SAFETY: reloading the live root changes no mapping.
     unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+}
+
+/// How a 4 KiB page above RAM may be used.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    /// Not at all: any access faults, the frame (if any) is kept.
+    None,
+    Read,
+    ReadWrite,
+    ReadExecute,
+}
+
+/// The last-level entry for `addr`, made (with its tables) when `create`.
+/// Only for addresses above RAM, which the boot tables leave unmapped.
+fn leaf(addr: u64, create: bool) -> Option<*mut u64> {
+    let (mut table, flags) = (PML4.load(Ordering::Relaxed), FLAGS.load(Ordering::Relaxed));
+    for shift in [39, 30, 21] {
+        let index = (addr >> shift) & 511;
+        // SAFETY: `table` is a live identity-mapped table; entries above RAM
+        // are never huge pages.
+        table = unsafe {
+            let slot = entry(table, index);
+            if *slot & PRESENT == 0 && !create {
+                return None;
+            }
+            next_table(&mut heap_table, table, index, flags)
+        };
+    }
+    // SAFETY: as above, `table` is a last-level table.
+    Some(unsafe { entry(table, (addr >> 12) & 511) })
+}
+
+/// The frame behind the page at `addr`, whatever its access.
+pub fn frame(addr: u64) -> Option<u64> {
+    // SAFETY: `leaf` points into a live table.
+    let pte = unsafe { *leaf(addr, false)? };
+    (pte & ADDR_MASK != 0).then_some(pte & ADDR_MASK)
+}
+
+/// Points the page at `addr` to `frame` with `access`. Returns whether a
+/// translation the CPU may have cached changed (then `flush_all` is due).
+pub fn set_page(addr: u64, frame: u64, access: Access) -> bool {
+    let flags = FLAGS.load(Ordering::Relaxed) & !WRITABLE;
+    let bits = match access {
+        Access::None => 0,
+        Access::Read => flags | NO_EXECUTE,
+        Access::ReadWrite => flags | WRITABLE | NO_EXECUTE,
+        Access::ReadExecute => flags,
+    };
+    let slot = leaf(addr, true).expect("tables are made on demand");
+    // SAFETY: `slot` is a live last-level entry for an address above RAM,
+    // which nothing but this module's callers maps.
+    unsafe {
+        let was_present = *slot & PRESENT != 0;
+        *slot = (frame & ADDR_MASK) | bits;
+        was_present
+    }
+}
+
+/// Unmaps the page at `addr` and returns its frame, if it had one.
+pub fn clear_page(addr: u64) -> Option<u64> {
+    let slot = leaf(addr, false)?;
+    // SAFETY: as in `set_page`.
+    let pte = unsafe { core::ptr::replace(slot, 0) };
+    (pte & ADDR_MASK != 0).then_some(pte & ADDR_MASK)
 }

@@ -1,8 +1,10 @@
 //! The job runtime: the guest side of `mvm up`.
 //!
 //! With `mvm.job=1` on its command line the guest runs one WebAssembly (WASI
-//! preview 1) module with wasmi instead of its self-tests. Its devices, in
-//! command-line order: virtio-blk 0, the job disk (the module, its
+//! preview 1) module instead of its self-tests: native code that mvm
+//! compiled on the host with Cranelift, loaded and run by wasmtime's no_std
+//! runtime on this kernel as its platform (platform.rs). Its devices, in
+//! command-line order: virtio-blk 0, the job disk (the compiled module, its
 //! arguments and environment, and the input files; see tar.rs in mvm-wasi,
 //! guest-image/wasi/, which also holds the WASI functions); virtio-blk 1,
 //! the output disk; virtio-console 0 and 1, the job's stdout and stderr.
@@ -11,12 +13,14 @@
 //! status; when it traps, it does the same and powers off with reason
 //! "trap" and the trap's message (see power.rs).
 
+mod platform;
 mod wasi;
 
-use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use core::ptr::NonNull;
 
-use wasmi::{Engine, Linker, Module, Store};
+use wasmtime::{CustomCodeMemory, Engine, Linker, Module, Store, Trap};
 
 use mvm_wasi::tar;
 use mvm_wasi::wasi::{Devices, Wasi};
@@ -49,7 +53,7 @@ pub fn run(cmdline: &[u8]) -> ! {
     let job = tar::read_job(&mut job_disk).unwrap_or_else(|e| panic!("cannot read the job disk: {e:?}"));
     let devices = Devices { job_disk, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
     let state = Wasi::new(job.args, job.env, job.inputs, devices);
-    let (ending, mut state) = execute(&job.module, state);
+    let (ending, mut state) = execute(job.module.leak(), state);
     state.flush_outputs();
     if let Err(e) = tar::write_outputs(&state.out, &mut out_disk) {
         crate::console::print(format_args!("job outputs not saved: {e:?}\n"));
@@ -60,23 +64,65 @@ pub fn run(cmdline: &[u8]) -> ! {
     }
 }
 
-fn execute(module: &[u8], state: State) -> (Ending, State) {
-    let engine = Engine::default();
+/// The compiled module is used where the job disk put it: its pages are
+/// already executable (the identity map), so publishing has nothing to do.
+struct InPlaceCode;
+
+impl CustomCodeMemory for InPlaceCode {
+    fn required_alignment(&self) -> usize {
+        1
+    }
+
+    fn publish_executable(&self, _ptr: *const u8, _len: usize) -> wasmtime::Result<()> {
+        Ok(())
+    }
+
+    fn unpublish_executable(&self, _ptr: *const u8, _len: usize) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+fn engine() -> Engine {
+    let mut config = mvm_wasm_config::config();
+    // SAFETY: the detector reads this vCPU's CPUID, which is what the code
+    // will run on.
+    unsafe { config.detect_host_feature(platform::detect_host_feature) };
+    config.with_custom_code_memory(Some(Arc::new(InPlaceCode)));
+    // The ending line names the trap; a backtrace would only cost time.
+    config.wasm_backtrace_max_frames(None);
+    Engine::new(&config).unwrap_or_else(|e| panic!("cannot configure wasmtime: {e}"))
+}
+
+fn execute(code: &'static [u8], state: State) -> (Ending, State) {
+    let engine = engine();
+    // SAFETY: the job disk's compiled module was made by mvm on the host
+    // with the same configuration (mvm never stages code from anyone else),
+    // and its buffer is leaked, so it outlives the module and is never
+    // written again.
+    let module = unsafe { Module::deserialize_raw(&engine, NonNull::from(code)) }
+        .unwrap_or_else(|e| panic!("cannot load the compiled module: {e}"));
     let mut store = Store::new(&engine, state);
-    let result = (|| -> Result<(), wasmi::Error> {
-        let module = Module::new(&engine, module)?;
+    let result = (|| -> wasmtime::Result<()> {
         let mut linker = Linker::new(&engine);
         wasi::link(&mut linker)?;
-        let instance = linker.instantiate_and_start(&mut store, &module)?;
-        let start = instance.get_typed_func::<(), ()>(&store, "_start")?;
+        let instance = linker.instantiate(&mut store, &module)?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call(&mut store, ())
     })();
     let ending = match result {
         Ok(()) => Ending::Exit(0),
-        Err(error) => match error.i32_exit_status() {
-            Some(status) => Ending::Exit(status as u8),
-            None => Ending::Trap(format!("{error}")),
+        Err(error) => match (error.downcast_ref::<wasi::Exit>(), error.downcast_ref::<Trap>()) {
+            (Some(exit), _) => Ending::Exit(exit.0 as u8),
+            (None, Some(trap)) => Ending::Trap(description(trap)),
+            (None, None) => Ending::Trap(error.to_string()),
         },
     };
     (ending, store.into_data())
+}
+
+/// A trap's description without wasmtime's "wasm trap: " prefix: mvm's
+/// line already says "trap: ".
+fn description(trap: &Trap) -> String {
+    let text = trap.to_string();
+    text.strip_prefix("wasm trap: ").map(String::from).unwrap_or(text)
 }

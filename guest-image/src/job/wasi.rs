@@ -1,15 +1,16 @@
 //! The guest's side of the WASI layer in mvm-wasi: the devices behind its
 //! traits (virtio consoles, the job disk, TSC clocks with the vCPU halted,
 //! the host's entropy port) and the registration of every function with
-//! wasmi. Functions a job could import but this runtime does not offer
+//! wasmtime's linker. Functions a job could import but this runtime does not offer
 //! return ENOSYS, so that a module linked against the whole API still loads.
 
 use alloc::string::String;
+use core::fmt;
 
 use mvm_wasi::fs::errno;
 use mvm_wasi::wasi::{self as w, Wasi};
 use mvm_wasi::{BlockDevice, Clock, Platform};
-use wasmi::{Caller, Extern, Linker, Memory};
+use wasmtime::{Caller, Extern, Linker, Memory};
 
 use crate::entropy::Entropy;
 use crate::virtio::blk::{Blk, BlkError};
@@ -89,10 +90,22 @@ impl BlockDevice for Blk {
     }
 }
 
-fn memory_of(caller: &Caller<'_, State>) -> Result<Memory, wasmi::Error> {
+/// `proc_exit`'s status, carried out of the module as an error.
+#[derive(Debug)]
+pub struct Exit(pub i32);
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl core::error::Error for Exit {}
+
+fn memory_of(caller: &mut Caller<'_, State>) -> wasmtime::Result<Memory> {
     match caller.get_export("memory") {
         Some(Extern::Memory(memory)) => Ok(memory),
-        _ => Err(wasmi::Error::new("the module exports no memory named \"memory\"")),
+        _ => Err(wasmtime::Error::msg("the module exports no memory named \"memory\"")),
     }
 }
 
@@ -107,8 +120,8 @@ fn code(result: Result<(), w::Errno>) -> i32 {
 /// runtime state, and whose `Err(errno)` becomes the function's result.
 macro_rules! wasi {
     ($linker:expr, $name:literal, |$mem:ident, $wasi:ident $(, $arg:ident: $ty:ty)*| $body:expr) => {
-        $linker.func_wrap(MODULE, $name, |mut caller: Caller<'_, State>, $($arg: $ty),*| -> Result<i32, wasmi::Error> {
-            let memory = memory_of(&caller)?;
+        $linker.func_wrap(MODULE, $name, |mut caller: Caller<'_, State>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+            let memory = memory_of(&mut caller)?;
             let ($mem, $wasi) = memory.data_and_store_mut(&mut caller);
             Ok(code($body))
         })?;
@@ -124,7 +137,7 @@ macro_rules! unsupported {
     };
 }
 
-pub fn link(linker: &mut Linker<State>) -> Result<(), wasmi::Error> {
+pub fn link(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     wasi!(linker, "args_sizes_get", |mem, wasi, argc: u32, size: u32| w::args_sizes_get(mem, wasi, argc, size));
     wasi!(linker, "args_get", |mem, wasi, argv: u32, buf: u32| w::args_get(mem, wasi, argv, buf));
     wasi!(linker, "environ_sizes_get", |mem, wasi, count: u32, size: u32| w::environ_sizes_get(mem, wasi, count, size));
@@ -185,8 +198,8 @@ pub fn link(linker: &mut Linker<State>) -> Result<(), wasmi::Error> {
         w::poll_oneoff(mem, wasi, subs, events, count, nevents)
     });
     linker.func_wrap(MODULE, "sched_yield", || -> i32 { 0 })?;
-    linker.func_wrap(MODULE, "proc_exit", |code: i32| -> Result<(), wasmi::Error> {
-        Err(wasmi::Error::i32_exit(code))
+    linker.func_wrap(MODULE, "proc_exit", |code: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::Error::new(Exit(code)))
     })?;
     unsupported!(linker,
         "fd_advise": (i32, i64, i64, i32),

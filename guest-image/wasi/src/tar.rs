@@ -1,13 +1,16 @@
 //! The two archives a job travels in, both plain ustar at offset 0 of a disk.
 //!
-//! The job disk (read-only) holds `job/module.wasm`, `job/args` and
-//! `job/env` (NUL-terminated strings) and the input files `in/<name>`, whose
-//! data stays on the disk and is read on demand. The output disk receives a
+//! The job disk (read-only) holds `job/module.cwasm` (the module as mvm
+//! compiled it on the host), `job/args` and `job/env` (NUL-terminated
+//! strings) and the input files `in/<name>`, whose data stays on the disk and
+//! is read on demand. The output disk receives a
 //! ustar archive of what the job wrote under /out, written at the job's end.
 
+use alloc::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::ptr::NonNull;
 
 use crate::fs::Node;
 use crate::{BlockDevice, SECTOR};
@@ -22,7 +25,8 @@ pub struct InputFile {
 }
 
 pub struct Job {
-    pub module: Vec<u8>,
+    /// Page-aligned: compiled code is run where it lies.
+    pub module: PageAligned,
     pub args: Vec<Vec<u8>>,
     pub env: Vec<Vec<u8>>,
     pub inputs: Vec<InputFile>,
@@ -56,19 +60,90 @@ fn field_str(field: &[u8]) -> &[u8] {
 /// The most one disk request carries.
 const REQUEST_MAX: usize = 1 << 20;
 
-/// Reads `len` bytes at byte `offset` (sector-aligned) of `disk`.
-fn read_at<D: BlockDevice>(disk: &mut D, offset: u64, len: usize) -> Result<Vec<u8>, TarError<D::Error>> {
-    let mut data = vec![0u8; len.next_multiple_of(SECTOR)];
-    for (i, chunk) in data.chunks_mut(REQUEST_MAX).enumerate() {
+const PAGE: usize = 4096;
+
+/// Fills `buf` (a whole number of sectors) from byte `offset`
+/// (sector-aligned) of `disk`.
+fn read_into<D: BlockDevice>(disk: &mut D, offset: u64, buf: &mut [u8]) -> Result<(), TarError<D::Error>> {
+    for (i, chunk) in buf.chunks_mut(REQUEST_MAX).enumerate() {
         let sector = (offset + (i * REQUEST_MAX) as u64) / SECTOR as u64;
         disk.read(sector, chunk).map_err(TarError::Disk)?;
     }
+    Ok(())
+}
+
+/// Reads `len` bytes at byte `offset` (sector-aligned) of `disk`.
+fn read_at<D: BlockDevice>(disk: &mut D, offset: u64, len: usize) -> Result<Vec<u8>, TarError<D::Error>> {
+    let mut data = vec![0u8; len.next_multiple_of(SECTOR)];
+    read_into(disk, offset, &mut data)?;
     data.truncate(len);
     Ok(data)
 }
 
+/// Bytes on page boundaries, in whole pages from the heap.
+pub struct PageAligned {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl PageAligned {
+    fn zeroed(len: usize) -> PageAligned {
+        let layout = Self::layout(len);
+        // SAFETY: the layout's size is at least one page.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| handle_alloc_error(layout));
+        PageAligned { ptr, len }
+    }
+
+    fn layout(len: usize) -> Layout {
+        let size = len.next_multiple_of(PAGE).max(PAGE);
+        Layout::from_size_align(size, PAGE).expect("a buffer no larger than a disk")
+    }
+
+    /// All of the allocation, padding included.
+    fn pages_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the allocation holds `layout(len).size()` bytes, and
+        // `&mut self` makes this the only reference.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), Self::layout(self.len).size()) }
+    }
+
+    /// Keeps the bytes for the rest of the guest's life.
+    pub fn leak(self) -> &'static [u8] {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: the allocation is never freed now, and nothing else
+        // refers to it.
+        unsafe { core::slice::from_raw_parts(this.ptr.as_ptr(), this.len) }
+    }
+}
+
+impl core::ops::Deref for PageAligned {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` bytes of the allocation are initialized (zeroed, then
+        // read into) and live as long as `self`.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for PageAligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.len)) };
+    }
+}
+
+/// Reads `len` bytes at byte `offset` (sector-aligned) of `disk` into a
+/// page-aligned buffer.
+fn read_page_aligned<D: BlockDevice>(disk: &mut D, offset: u64, len: usize) -> Result<PageAligned, TarError<D::Error>> {
+    let mut data = PageAligned::zeroed(len);
+    let sectors = len.next_multiple_of(SECTOR);
+    read_into(disk, offset, &mut data.pages_mut()[..sectors])?;
+    Ok(data)
+}
+
 pub fn read_job<D: BlockDevice>(disk: &mut D) -> Result<Job, TarError<D::Error>> {
-    let mut job = Job { module: Vec::new(), args: Vec::new(), env: Vec::new(), inputs: Vec::new() };
+    let (mut args, mut env, mut inputs) = (Vec::new(), Vec::new(), Vec::new());
     let mut module = None;
     let end = disk.capacity_sectors() * SECTOR as u64;
     let mut offset = 0u64;
@@ -95,19 +170,19 @@ pub fn read_job<D: BlockDevice>(disk: &mut D) -> Result<Job, TarError<D::Error>>
             return Err(TarError::BadHeader(offset));
         }
         match (&name[..], header[156]) {
-            (b"job/module.wasm", b'0' | 0) => module = Some(read_at(disk, data, size as usize)?),
-            (b"job/args", b'0' | 0) => job.args = split_nul(read_at(disk, data, size as usize)?),
-            (b"job/env", b'0' | 0) => job.env = split_nul(read_at(disk, data, size as usize)?),
+            (b"job/module.cwasm", b'0' | 0) => module = Some(read_page_aligned(disk, data, size as usize)?),
+            (b"job/args", b'0' | 0) => args = split_nul(read_at(disk, data, size as usize)?),
+            (b"job/env", b'0' | 0) => env = split_nul(read_at(disk, data, size as usize)?),
             (path, b'0' | 0) if path.starts_with(b"in/") && path.len() > 3 => {
                 let name = String::from_utf8_lossy(&path[3..]).into_owned();
-                job.inputs.push(InputFile { name, offset: data, size });
+                inputs.push(InputFile { name, offset: data, size });
             }
             _ => {}
         }
         offset = data + size.next_multiple_of(BLOCK as u64);
     }
-    job.module = module.ok_or(TarError::Missing("job/module.wasm"))?;
-    Ok(job)
+    let module = module.ok_or(TarError::Missing("job/module.cwasm"))?;
+    Ok(Job { module, args, env, inputs })
 }
 
 /// NUL-terminated strings; empty ones are kept (an empty argument is one).

@@ -44,13 +44,16 @@ pub const ISA_FEATURES: &[(&str, &str)] = &[
 /// else (GC, exceptions, which need one, threads, stack switching) is
 /// refused when the host validates the module, before any VM starts.
 pub fn wasm_features() -> WasmFeatures {
-    WasmFeatures::WASM2
+    let proposals = WasmFeatures::WASM2
         | WasmFeatures::TAIL_CALL
         | WasmFeatures::EXTENDED_CONST
         | WasmFeatures::MULTI_MEMORY
         | WasmFeatures::MEMORY64
         | WasmFeatures::RELAXED_SIMD
-        | WasmFeatures::WIDE_ARITHMETIC
+        | WasmFeatures::WIDE_ARITHMETIC;
+    // Reference types stay (funcref tables); references to GC objects,
+    // externref included, need the collector.
+    proposals - WasmFeatures::GC_TYPES
 }
 
 /// The configuration both sides start from: tunables and wasm features set
