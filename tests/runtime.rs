@@ -14,7 +14,7 @@ const OUT_OF_MEMORY: i32 = 122;
 const CRASHED: i32 = 123;
 
 /// `mvm.test=fault:<kind>` → (vector name and number as mvm reports them).
-const FAULTS: [(&str, &str); 7] = [
+const FAULTS: [(&str, &str); 8] = [
     ("ud", "#UD invalid opcode (vector 6"),
     ("bp", "#BP breakpoint (vector 3"),
     ("de", "#DE divide error (vector 0"),
@@ -22,6 +22,8 @@ const FAULTS: [(&str, &str); 7] = [
     ("pf", "#PF page fault (vector 14, error code 0x2, cr2 0x7f0000000000"),
     ("stack-overflow", "#DF double fault (vector 8, error code 0x0, cr2 0x"),
     ("df", "#DF double fault (vector 8, error code 0x0)"),
+    // A present page mapped read-only (as wasmtime's code is): the write faults.
+    ("write-read-only", "#PF page fault (vector 14, error code 0x3, cr2 0x"),
 ];
 
 #[test]
@@ -40,6 +42,20 @@ fn every_exception_is_reported_by_name_with_its_rip() {
         assert!(stdout.contains("guest fault: "), "{kind}: {stdout}");
         assert!(stdout.contains(&format!("backtrace: {rip:#x}")), "{kind}: {stdout}");
     }
+}
+
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn code_on_a_page_without_execute_permission_does_not_run() {
+    common::require_kvm();
+    let (code, stdout, stderr) = boot(&["--cmdline", "mvm.test=fault:exec-no-execute"]);
+    assert_eq!(code, CRASHED, "{stdout}{stderr}");
+    // Error code 0x11: a present page, an instruction fetch; the fetch
+    // itself is what faults, at the page's own address.
+    let line = stderr.lines().next().unwrap_or_default();
+    let page = line.split("cr2 ").nth(1).and_then(|rest| rest.split(')').next()).unwrap_or_default();
+    assert!(line.starts_with("mvm: guest crashed: #PF page fault (vector 14, error code 0x11, cr2 0x"), "{stderr}");
+    assert!(line.ends_with(&format!("at rip={page}")), "{stderr}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::cmdline::{parse_u64, Display};
 use crate::console::print;
 use crate::interrupts;
 use crate::netstack::{parse_endpoint, Stack};
+use crate::paging::Access;
 use crate::port::{inb, outb, outl};
 use crate::time::{host_wall_ns, monotonic_ns, wall_ns};
 use crate::virtio::blk::{Blk, BlkError, Header, SECTOR};
@@ -76,15 +77,34 @@ fn fault(kind: &[u8]) {
             b"stack-overflow" => {
                 recurse(0);
             }
+            b"write-read-only" => {
+                let page = protected_page(Access::Read);
+                asm!("mov qword ptr [{}], 1", in(reg) page, options(nostack));
+            }
+            b"exec-no-execute" => {
+                let page = protected_page(Access::ReadWrite);
+                (page as *mut u8).write(0xc3); // ret
+                asm!("call {}", in(reg) page, clobber_abi("C"));
+            }
             b"df" => {
                 // A #GP whose gate is missing faults again while it is
                 // delivered: a double fault, which runs on its own stack.
                 interrupts::remove_gate(interrupts::GENERAL_PROTECTION);
                 asm!("mov rax, [{}]", in(reg) 0x8000_0000_0000_0000u64, out("rax") _, options(nostack));
             }
-            _ => panic!("mvm.test=fault:{}: expected ud, bp, de, gp, pf, stack-overflow or df", Display(kind)),
+            _ => panic!(
+                "mvm.test=fault:{}: expected ud, bp, de, gp, pf, stack-overflow, df, write-read-only or exec-no-execute",
+                Display(kind)
+            ),
         }
     }
+}
+
+/// A page above RAM with the given access, as wasmtime's memories get them.
+fn protected_page(access: Access) -> u64 {
+    let page = crate::vmem::reserve(crate::vmem::PAGE).expect("address space for one page");
+    crate::vmem::protect(page, crate::vmem::PAGE, access).expect("a page-aligned range");
+    page
 }
 
 /// Asks for a reset the way Linux does with `reboot=k`: the i8042's

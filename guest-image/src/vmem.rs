@@ -72,6 +72,20 @@ pub fn protect(addr: u64, len: u64, access: Access) -> Result<(), VmemError> {
     Ok(())
 }
 
+/// Maps `len` bytes of identity-mapped RAM from `phys` once more, here,
+/// with `access`: a view without the identity map's write permission. The
+/// frames stay their owner's, so the view must never be released.
+pub fn alias(phys: u64, len: u64, access: Access) -> Result<u64, VmemError> {
+    if !phys.is_multiple_of(PAGE) {
+        return Err(VmemError::BadRange);
+    }
+    let addr = reserve(len)?;
+    for (page, frame) in pages(addr, len.next_multiple_of(PAGE))?.zip((phys..).step_by(PAGE as usize)) {
+        paging::set_page(page, frame, access);
+    }
+    Ok(addr)
+}
+
 /// Gives every page in the range back to the heap; the range stays
 /// reserved and faults on any access.
 pub fn release(addr: u64, len: u64) -> Result<(), VmemError> {

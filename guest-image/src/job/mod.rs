@@ -20,6 +20,7 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use core::ptr::NonNull;
 
+use crate::paging::Access;
 use wasmtime::{CustomCodeMemory, Engine, Linker, Module, Store, Trap};
 
 use mvm_wasi::tar;
@@ -64,8 +65,9 @@ pub fn run(cmdline: &[u8]) -> ! {
     }
 }
 
-/// The compiled module is used where the job disk put it: its pages are
-/// already executable (the identity map), so publishing has nothing to do.
+/// The compiled module runs where the job disk put it, through a view that
+/// is read-execute from the start (`code_view`): publishing has nothing left
+/// to do, and no page of it is ever writable and executable at once.
 struct InPlaceCode;
 
 impl CustomCodeMemory for InPlaceCode {
@@ -93,13 +95,21 @@ fn engine() -> Engine {
     Engine::new(&config).unwrap_or_else(|e| panic!("cannot configure wasmtime: {e}"))
 }
 
+/// A read-execute view, above RAM, of the compiled module the job disk
+/// delivered into (page-aligned, identity-mapped, read-write) memory.
+fn code_view(code: &'static [u8]) -> NonNull<[u8]> {
+    let view = crate::vmem::alias(code.as_ptr() as u64, code.len() as u64, Access::ReadExecute)
+        .unwrap_or_else(|e| panic!("cannot map the compiled module: {e:?}"));
+    NonNull::slice_from_raw_parts(NonNull::new(view as *mut u8).expect("views are above RAM"), code.len())
+}
+
 fn execute(code: &'static [u8], state: State) -> (Ending, State) {
     let engine = engine();
     // SAFETY: the job disk's compiled module was made by mvm on the host
     // with the same configuration (mvm never stages code from anyone else),
     // and its buffer is leaked, so it outlives the module and is never
     // written again.
-    let module = unsafe { Module::deserialize_raw(&engine, NonNull::from(code)) }
+    let module = unsafe { Module::deserialize_raw(&engine, code_view(code)) }
         .unwrap_or_else(|e| panic!("cannot load the compiled module: {e}"));
     let mut store = Store::new(&engine, state);
     let result = (|| -> wasmtime::Result<()> {
