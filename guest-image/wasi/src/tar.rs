@@ -1,8 +1,9 @@
 //! The two archives a job travels in, both plain ustar at offset 0 of a disk.
 //!
-//! The job disk (read-only) holds `job/module.wasm`, `job/args` and
-//! `job/env` (NUL-terminated strings) and the input files `in/<name>`, whose
-//! data stays on the disk and is read on demand. The output disk receives a
+//! The job disk (read-only) holds `job/module.cwasm` (the module compiled
+//! ahead of time on the host), `job/args` and `job/env` (NUL-terminated
+//! strings) and the input files `in/<name>`, whose data stays on the disk and
+//! is read on demand. The output disk receives a
 //! ustar archive of what the job wrote under /out, written at the job's end.
 
 use alloc::string::String;
@@ -95,7 +96,7 @@ pub fn read_job<D: BlockDevice>(disk: &mut D) -> Result<Job, TarError<D::Error>>
             return Err(TarError::BadHeader(offset));
         }
         match (&name[..], header[156]) {
-            (b"job/module.wasm", b'0' | 0) => module = Some(read_at(disk, data, size as usize)?),
+            (b"job/module.cwasm", b'0' | 0) => module = Some(read_at(disk, data, size as usize)?),
             (b"job/args", b'0' | 0) => job.args = split_nul(read_at(disk, data, size as usize)?),
             (b"job/env", b'0' | 0) => job.env = split_nul(read_at(disk, data, size as usize)?),
             (path, b'0' | 0) if path.starts_with(b"in/") && path.len() > 3 => {
@@ -106,7 +107,7 @@ pub fn read_job<D: BlockDevice>(disk: &mut D) -> Result<Job, TarError<D::Error>>
         }
         offset = data + size.next_multiple_of(BLOCK as u64);
     }
-    job.module = module.ok_or(TarError::Missing("job/module.wasm"))?;
+    job.module = module.ok_or(TarError::Missing("job/module.cwasm"))?;
     Ok(job)
 }
 

@@ -55,7 +55,7 @@ fn input_bytes(image: &[u8], file: &InputFile) -> Vec<u8> {
 #[test]
 fn a_job_disk_yields_its_module_arguments_environment_and_inputs() {
     let image = archive(&[
-        (b"job/module.wasm", b'0', b"\0asm-module"),
+        (b"job/module.cwasm", b'0', b"\x7fELF-code"),
         (b"job/args", b'0', b"wc\0-l\0\0last\0"),
         (b"job/env", 0, b"A=1\0B=2\0"),
         (b"in/words.txt", b'0', &[b'w'; 700]),
@@ -66,7 +66,7 @@ fn a_job_disk_yields_its_module_arguments_environment_and_inputs() {
         (b"in/empty", b'0', b""),
     ]);
     let job = read(image.clone()).unwrap();
-    assert_eq!(job.module, b"\0asm-module");
+    assert_eq!(job.module, b"\x7fELF-code");
     assert_eq!(job.args, [&b"wc"[..], b"-l", b"", b"last"]);
     assert_eq!(job.env, [&b"A=1"[..], b"B=2"]);
     let names: Vec<&str> = job.inputs.iter().map(|f| f.name.as_str()).collect();
@@ -80,7 +80,7 @@ fn a_job_disk_yields_its_module_arguments_environment_and_inputs() {
 #[test]
 fn a_prefix_field_is_joined_to_the_name_with_a_slash() {
     let mut image = Vec::new();
-    image.extend_from_slice(&header(b"module.wasm", b"job", 4, b'0'));
+    image.extend_from_slice(&header(b"module.cwasm", b"job", 4, b'0'));
     image.extend_from_slice(b"wasm");
     image.resize(BLOCK * 2, 0);
     image.extend_from_slice(&header(b"deep.txt", b"in/a", 2, b'0'));
@@ -102,16 +102,19 @@ fn arguments_split_on_nul_with_or_without_the_last_one() {
 
 #[test]
 fn a_disk_without_a_module_is_refused() {
-    let image = archive(&[(b"job/args", b'0', b"x\0"), (b"job/module.wasm", b'5', b"")]);
-    assert!(matches!(read(image), Err(TarError::Missing("job/module.wasm"))));
+    let image = archive(&[(b"job/args", b'0', b"x\0"), (b"job/module.cwasm", b'5', b"")]);
+    assert!(matches!(read(image), Err(TarError::Missing("job/module.cwasm"))));
+    // The uncompiled module of a host that predates compiling is not code.
+    let image = archive(&[(b"job/module.wasm", b'0', b"\0asm\x01\0\0\0")]);
+    assert!(matches!(read(image), Err(TarError::Missing("job/module.cwasm"))));
     assert!(matches!(read(vec![0; 4 * BLOCK]), Err(TarError::Missing(_))));
     assert!(matches!(read(Vec::new()), Err(TarError::Missing(_))));
 }
 
 #[test]
 fn the_first_zero_block_ends_the_archive() {
-    let mut image = archive(&[(b"job/module.wasm", b'0', b"first")]);
-    push_entry(&mut image, b"job/module.wasm", b'0', b"after the end");
+    let mut image = archive(&[(b"job/module.cwasm", b'0', b"first")]);
+    push_entry(&mut image, b"job/module.cwasm", b'0', b"after the end");
     push_entry(&mut image, b"in/late", b'0', b"after the end");
     let job = read(image).unwrap();
     assert_eq!(job.module, b"first");
@@ -122,7 +125,7 @@ fn the_first_zero_block_ends_the_archive() {
 fn a_header_in_the_last_block_of_the_disk_is_read() {
     let mut image = Vec::new();
     push_entry(&mut image, b"in/a", b'0', b"x");
-    push_entry(&mut image, b"job/module.wasm", b'0', b"");
+    push_entry(&mut image, b"job/module.cwasm", b'0', b"");
     let job = read(image).unwrap();
     assert_eq!(job.module, b"");
     assert_eq!(job.inputs.len(), 1);
@@ -130,7 +133,7 @@ fn a_header_in_the_last_block_of_the_disk_is_read() {
 
 #[test]
 fn a_truncated_archive_ends_where_the_disk_does_or_is_refused_mid_entry() {
-    let full = archive(&[(b"job/module.wasm", b'0', b"m"), (b"in/a", b'0', b"a")]);
+    let full = archive(&[(b"job/module.cwasm", b'0', b"m"), (b"in/a", b'0', b"a")]);
     // Cut after a whole entry: no end marker, the disk's end is the end.
     let job = read(full[..2 * BLOCK].to_vec()).unwrap();
     assert_eq!(job.module, b"m");
@@ -141,12 +144,12 @@ fn a_truncated_archive_ends_where_the_disk_does_or_is_refused_mid_entry() {
 
 #[test]
 fn a_wrong_checksum_names_the_header_it_is_in() {
-    let mut image = archive(&[(b"job/module.wasm", b'0', b"m"), (b"in/a", b'0', b"a")]);
+    let mut image = archive(&[(b"job/module.cwasm", b'0', b"m"), (b"in/a", b'0', b"a")]);
     image[2 * BLOCK + 10] ^= 1;
     assert!(matches!(read(image.clone()), Err(TarError::BadHeader(1024))));
     // A checksum off by one in either direction.
     for delta in [1i64, -1] {
-        let mut h = header(b"job/module.wasm", b"", 0, b'0');
+        let mut h = header(b"job/module.cwasm", b"", 0, b'0');
         let sum = octal(&h[148..156]).unwrap() as i64 + delta;
         h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
         let mut image = h.to_vec();
@@ -159,7 +162,7 @@ fn a_wrong_checksum_names_the_header_it_is_in() {
 fn the_checksum_counts_its_own_field_as_spaces() {
     // Bytes in the checksum field other than its digits do not count: a
     // header whose field ends in NUL NUL instead of NUL space is valid too.
-    let mut h = header(b"job/module.wasm", b"", 0, b'0');
+    let mut h = header(b"job/module.cwasm", b"", 0, b'0');
     h[155] = 0;
     let mut image = h.to_vec();
     image.extend_from_slice(&[0; 2 * BLOCK]);
@@ -168,7 +171,7 @@ fn the_checksum_counts_its_own_field_as_spaces() {
 
 #[test]
 fn a_header_that_is_not_ustar_is_refused() {
-    let mut h = header(b"job/module.wasm", b"", 0, b'0');
+    let mut h = header(b"job/module.cwasm", b"", 0, b'0');
     h[257..263].copy_from_slice(b"ustaR\0");
     seal(&mut h);
     let mut image = h.to_vec();
@@ -179,7 +182,7 @@ fn a_header_that_is_not_ustar_is_refused() {
 #[test]
 fn a_size_past_the_disk_is_refused_before_anything_is_read() {
     for (name, size) in
-        [(&b"job/module.wasm"[..], 2 * BLOCK as u64 + 1), (b"in/big", 1 << 32), (b"job/args", 0o77777777777)]
+        [(&b"job/module.cwasm"[..], 2 * BLOCK as u64 + 1), (b"in/big", 1 << 32), (b"job/args", 0o77777777777)]
     {
         let mut image = header(name, b"", size, b'0').to_vec();
         image.extend_from_slice(&[0; 2 * BLOCK]);
@@ -188,7 +191,7 @@ fn a_size_past_the_disk_is_refused_before_anything_is_read() {
         assert_eq!(disk.transfers, [(0, BLOCK)], "only the header was read");
     }
     // Data that ends exactly at the end of the disk fits.
-    let mut image = header(b"job/module.wasm", b"", 2 * BLOCK as u64, b'0').to_vec();
+    let mut image = header(b"job/module.cwasm", b"", 2 * BLOCK as u64, b'0').to_vec();
     image.extend_from_slice(&[7; 2 * BLOCK]);
     assert_eq!(read(image).unwrap().module, [7; 2 * BLOCK]);
 }
@@ -206,7 +209,7 @@ fn octal_fields_skip_leading_spaces_and_stop_at_the_first_non_digit() {
 #[test]
 fn a_module_larger_than_one_request_is_read_in_requests_of_at_most_a_mebibyte() {
     let module: Vec<u8> = (0..(REQUEST_MAX * 5 / 2 + 3)).map(|i| (i % 251) as u8).collect();
-    let mut disk = MemDisk::new(archive(&[(b"job/module.wasm", b'0', &module)]));
+    let mut disk = MemDisk::new(archive(&[(b"job/module.cwasm", b'0', &module)]));
     let job = read_job(&mut disk).unwrap();
     assert_eq!(job.module, module);
     let reads: Vec<(u64, usize)> = disk.transfers[1..].to_vec();
@@ -241,11 +244,11 @@ fn a_disk_error_is_passed_on() {
             Err("read-only")
         }
     }
-    let mut disk = Failing(MemDisk::new(archive(&[(b"job/module.wasm", b'0', b"m")])));
+    let mut disk = Failing(MemDisk::new(archive(&[(b"job/module.cwasm", b'0', b"m")])));
     assert!(matches!(read_job(&mut disk), Err(TarError::Disk("broken"))));
     assert_eq!(format!("{:?}", TarError::Disk("broken")), "disk error \"broken\"");
     assert_eq!(format!("{:?}", TarError::<()>::BadHeader(512)), "bad archive header at byte 512");
-    assert_eq!(format!("{:?}", TarError::<()>::Missing("job/module.wasm")), "job/module.wasm is missing");
+    assert_eq!(format!("{:?}", TarError::<()>::Missing("job/module.cwasm")), "job/module.cwasm is missing");
 }
 
 /// One entry of an archive as its header says, checked field by field.
