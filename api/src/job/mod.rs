@@ -5,6 +5,7 @@
 //!   exists.
 //! - [`archive`]: the input image (module, argv, environment and input files
 //!   as a ustar archive on a raw virtio-blk disk) and [`load_module`].
+//! - [`cache`]: compiled code kept between runs, checked before every use.
 //! - [`extract`]: the output image the guest wrote, read as hostile input and
 //!   unpacked into the job's output directory.
 //!
@@ -12,11 +13,13 @@
 //! (no GNU or PAX extensions), because the guest parses ustar headers itself.
 
 pub mod archive;
+pub mod cache;
 pub mod extract;
 pub mod spec;
 mod toml_keys;
 
 pub use archive::{create_output_image, load_module, write_input_image, ArchiveError, EntryProblem, HeaderProblem};
+pub use cache::{Cache, CacheError};
 pub use extract::{extract_outputs, OutputFile, OutputSummary};
 pub use spec::{HostLimits, IpCidr, JobSpec, Kernel, NetworkSpec, Problem, SpecError};
 

@@ -1,5 +1,6 @@
 //! Unit tests for the job file and both images; no VM involved.
 
 mod archive;
+mod cache;
 mod extract;
 mod spec;
