@@ -2,5 +2,6 @@
 
 mod archive;
 mod cache;
+mod compile;
 mod extract;
 mod spec;
