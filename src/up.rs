@@ -2,10 +2,10 @@
 //!
 //! The job file is checked before anything else; the module is compiled
 //! ahead of time (or its code taken from the cache) before anything is
-//! staged, so that a bad module costs nothing; the compiled code, arguments,
-//! environment and input files are staged into a job disk image and an empty
-//! output disk image in a private temporary directory (removed when mvm
-//! ends); the builtin guest runs the module with its stdout and stderr on two
+//! staged, so that a bad module leaves nothing behind; the compiled code,
+//! arguments, environment and input files are staged into a job disk image
+//! and an empty output disk image in a private temporary directory (removed
+//! when mvm ends); the builtin guest runs the module with its stdout and stderr on two
 //! virtio consoles streamed live to mvm's own; what the job wrote under /out
 //! is unpacked, as hostile input, into the job's output directory. One line
 //! on stderr says why the job ended (`--json`: a JSON object instead).
@@ -153,9 +153,12 @@ fn remove_on_signal(dir: PathBuf) -> anyhow::Result<()> {
 /// `cache` (`None`: compiled for this run only).
 pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>) -> anyhow::Result<u8> {
     let spec = JobSpec::load(job_file, &HostLimits::detect())?;
-    let module = job::compile::prepare(&spec.wasm, spec.memory_mib, cache)?;
     let work = tempfile::Builder::new().prefix("mvm-job-").tempdir().context("cannot make a temporary directory")?;
+    // Before compiling: the compiler's worker threads must inherit the
+    // blocked signals, or a ^C could end mvm on one of them, skipping the
+    // cleanup. A module refused below drops `work`, leaving nothing.
     remove_on_signal(work.path().to_path_buf())?;
+    let module = job::compile::prepare(&spec.wasm, spec.memory_mib, cache)?;
     let job_image = work.path().join("job.img");
     let out_image = work.path().join("out.img");
     job::write_input_image(&job_image, module, &spec.argv(), &spec.env, &spec.inputs)?;
