@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use mvm_api::job::cache::DEFAULT_MAX_MIB;
 use mvm_vmm::virtio::{DiskConfig, NetConfig, NotifyPath};
 use mvm_vmm::{KernelSource, VmConfig};
 
+mod cache;
 mod remote;
 mod up;
 
@@ -49,6 +51,9 @@ enum Command {
     /// Run a WebAssembly (WASI) job described by a job file in its own VM: stream its stdout and
     /// stderr, collect what it writes under /out, and exit with its status. See README.md for the
     /// job file format.
+    ///
+    /// The module is compiled ahead of time on this host (Cranelift, wasmtime 48.0.8) before the VM
+    /// starts, and its code kept in the compiled-code cache for the next run of the same module.
     Up {
         /// The job file (job.toml).
         job: PathBuf,
@@ -58,8 +63,20 @@ enum Command {
         /// Run the job on the `mvm serve` daemon listening on this socket instead of here: the
         /// job file is read and checked here, its paths made absolute (they must be under the
         /// daemon's --files-root); its output streams and its end are reported as a local run's.
-        #[arg(long, value_name = "SOCKET")]
+        /// The daemon compiles the module, with its own cache.
+        #[arg(long, value_name = "SOCKET", conflicts_with_all = ["cache_dir", "cache_max_mib"])]
         remote: Option<PathBuf>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Show or empty the cache of compiled modules (default: `show`).
+    Cache {
+        /// The cache directory. Default: $XDG_CACHE_HOME/mvm, else ~/.cache/mvm (`mvm serve`'s
+        /// is <state dir>/cache).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<CacheAction>,
     },
     /// Boot a VM with its serial console on stdout; exit with the guest's status.
     Boot(BootArgs),
@@ -69,6 +86,31 @@ enum Command {
     Serve(ServeArgs),
     /// Report what this host's KVM offers mvm (hardware or PVM, vCPU limit).
     Check,
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// Where compiled modules are cached, each under the SHA-256 of the module and of the
+    /// compiler's configuration. Default: $XDG_CACHE_HOME/mvm, else ~/.cache/mvm. A cache that
+    /// cannot be written costs a warning: the job runs with code compiled for it alone.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Cap on the cache's total size in MiB: beyond it, the least recently used entries are
+    /// removed.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MAX_MIB,
+          value_parser = clap::value_parser!(u64).range(1..=u64::MAX >> 20))]
+    cache_max_mib: u64,
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Print the cache directory, how many compiled modules it holds and their total size.
+    Show,
+    /// Print every entry, least recently used first: its key, its size and when it was last used.
+    List,
+    /// Remove every entry.
+    Clear,
 }
 
 #[derive(Args)]
@@ -92,6 +134,11 @@ struct ServeArgs {
     /// How many jobs and VMs may run (or be paused) at once; more are refused with 429.
     #[arg(long, value_name = "N", default_value_t = mvm_api::server::DEFAULT_MAX_RUNNING)]
     max_running: usize,
+
+    /// Cap in MiB on the compiled-code cache the daemon's jobs share, in <state dir>/cache.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MAX_MIB,
+          value_parser = clap::value_parser!(u64).range(1..=u64::MAX >> 20))]
+    cache_max_mib: u64,
 }
 
 #[derive(Args)]
@@ -172,8 +219,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot(args, cli.kvm_device),
         Command::Check => check(cli.kvm_device),
-        Command::Up { job, json, remote: None } => up::up(&job, json, cli.kvm_device),
-        Command::Up { job, json, remote: Some(socket) } => remote::up(&job, json, &socket),
+        Command::Up { job, json, remote: None, cache } => {
+            up::up(&job, json, cli.kvm_device, cache::for_job(cache.cache_dir, cache.cache_max_mib).as_ref())
+        }
+        Command::Up { job, json, remote: Some(socket), .. } => remote::up(&job, json, &socket),
+        Command::Cache { cache_dir, action } => cache::run(cache_dir, action.unwrap_or(CacheAction::Show)),
         Command::Serve(args) => serve(args, cli.kvm_device),
     };
     match result {
@@ -226,6 +276,7 @@ fn serve(args: ServeArgs, kvm_device: PathBuf) -> anyhow::Result<u8> {
         max_running: args.max_running,
         exe,
         kvm_device,
+        cache_max_mib: args.cache_max_mib,
     };
     mvm_api::server::serve(config)?;
     Ok(0)

@@ -1,9 +1,11 @@
 //! `mvm up job.toml`: run a WebAssembly job in its own VM.
 //!
-//! The job file is checked before anything else; the module, arguments,
-//! environment and input files are staged into a job disk image and an empty
-//! output disk image in a private temporary directory (removed when mvm
-//! ends); the builtin guest runs the module with its stdout and stderr on two
+//! The job file is checked before anything else; the module is compiled
+//! ahead of time (or its code taken from the cache) before anything is
+//! staged, so that a bad module leaves nothing behind; the compiled code,
+//! arguments, environment and input files are staged into a job disk image
+//! and an empty output disk image in a private temporary directory (removed
+//! when mvm ends); the builtin guest runs the module with its stdout and stderr on two
 //! virtio consoles streamed live to mvm's own; what the job wrote under /out
 //! is unpacked, as hostile input, into the job's output directory. One line
 //! on stderr says why the job ended (`--json`: a JSON object instead).
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
-use mvm_api::job::{self, HostLimits, JobSpec, Kernel};
+use mvm_api::job::{self, Cache, HostLimits, JobSpec, Kernel};
 use mvm_vmm::power::ExitReason;
 use mvm_vmm::virtio::{ConsoleSink, DiskConfig, NetConfig, NotifyPath};
 use mvm_vmm::{KernelSource, VmConfig, VmEnd};
@@ -147,14 +149,19 @@ fn remove_on_signal(dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf) -> anyhow::Result<u8> {
+/// Runs the job at `job_file`; its compiled code comes from and goes to
+/// `cache` (`None`: compiled for this run only).
+pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>) -> anyhow::Result<u8> {
     let spec = JobSpec::load(job_file, &HostLimits::detect())?;
-    let module = job::load_module(&spec.wasm)?;
     let work = tempfile::Builder::new().prefix("mvm-job-").tempdir().context("cannot make a temporary directory")?;
+    // Before compiling: the compiler's worker threads must inherit the
+    // blocked signals, or a ^C could end mvm on one of them, skipping the
+    // cleanup. A module refused below drops `work`, leaving nothing.
     remove_on_signal(work.path().to_path_buf())?;
+    let module = job::compile::prepare(&spec.wasm, spec.memory_mib, cache)?;
     let job_image = work.path().join("job.img");
     let out_image = work.path().join("out.img");
-    job::write_input_image(&job_image, &module, &spec.argv(), &spec.env, &spec.inputs)?;
+    job::write_input_image(&job_image, module, &spec.argv(), &spec.env, &spec.inputs)?;
     job::create_output_image(&out_image, output_image_bytes(spec.outputs_max_bytes))?;
 
     let mut cmdline = String::from("mvm.job=1");
@@ -333,11 +340,13 @@ mod tests {
         )
         .unwrap();
         let kvm = dir.path().join("no-kvm");
-        let err = up(&dir.path().join("job.toml"), false, kvm.clone()).unwrap_err();
+        let cache = Cache::new(dir.path().join("cache"), 64 << 20);
+        let err = up(&dir.path().join("job.toml"), false, kvm.clone(), Some(&cache)).unwrap_err();
         let message = format!("{err:#}");
         let expected = format!("cannot run the job's VM: {}: ", kvm.display());
         assert!(message.starts_with(&expected), "{message}");
         assert!(!dir.path().join("out").exists(), "no outputs without a VM");
+        assert_eq!(cache.entries().unwrap().len(), 1, "the module was compiled before the VM was asked for");
     }
 
     #[test]

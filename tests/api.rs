@@ -224,6 +224,28 @@ fn hello() -> Value {
     json!({ "guest": { "memory_mib": 16, "timeout_s": 30 }, "run": { "wasm": "hello/hello.wat" } })
 }
 
+#[test]
+fn jobs_compile_into_the_daemons_cache_before_their_vm_starts() {
+    // No KVM needed: the children's KVM device does not exist, so a job
+    // ends after compiling, when it asks for its VM.
+    let root = files_root();
+    let daemon = Daemon::start(root.path(), &["--kvm-device=/nonexistent/kvm", "--cache-max-mib=64"]);
+    let id = daemon.create(hello());
+    let record = daemon.wait_end("jobs", &id);
+    assert_eq!(record["state"], "failed", "{record}");
+    assert!(record["exit"]["message"].as_str().unwrap().contains("cannot run the job's VM"), "{record}");
+    let cached = std::fs::read_dir(daemon.state.join("cache/compiled")).unwrap();
+    let names: Vec<String> = cached.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.len() == 1 && names[0].ends_with(".cwasm"), "{names:?}");
+
+    std::fs::write(root.path().join("bad.wat"), "(module (func (result i32)))").unwrap();
+    let id = daemon.create(json!({ "run": { "wasm": "bad.wat" } }));
+    let record = daemon.wait_end("jobs", &id);
+    assert_eq!(record["state"], "failed", "{record}");
+    assert!(record["exit"]["message"].as_str().unwrap().contains("bad.wat: invalid module: "), "{record}");
+    assert_eq!(std::fs::read_dir(daemon.state.join("cache/compiled")).unwrap().count(), 1, "nothing more cached");
+}
+
 fn nap() -> Value {
     json!({ "guest": { "memory_mib": 16, "timeout_s": 120 }, "run": { "wasm": "nap.wat" } })
 }
@@ -252,6 +274,8 @@ fn a_job_runs_and_its_record_logs_and_deletion_work() {
     assert_eq!(daemon.logs(id, "stream=stdout"), HELLO);
     assert_eq!(daemon.logs(id, "stream=stderr"), "", "mvm up's report is the record's, not the log's");
     assert_eq!(daemon.logs(id, "follow=true"), HELLO, "following an ended job gives its whole log");
+    let cached = std::fs::read_dir(daemon.state.join("cache/compiled")).unwrap().count();
+    assert_eq!(cached, 1, "the job compiled its module into the daemon's own cache");
 
     let (status, list) = daemon.call("GET", "/v1/jobs?state=exited", None);
     assert_eq!(status, 200);

@@ -8,8 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The mvm binary, with its default compiled-code cache under target/ (a
+/// test that wants another sets XDG_CACHE_HOME or --cache-dir itself): the
+/// suite never writes into the user's own cache, and runs after the first
+/// reuse its compiled modules.
 pub fn mvm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mvm"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mvm"));
+    command.env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"));
+    command
 }
 
 /// The tiny guest as a file, as build.rs built it (the same bytes as

@@ -6,11 +6,12 @@
 //! itself (name, mode, size in octal, typeflag `0` or `5`, the `ustar\0`
 //! magic, prefix), so nothing here writes GNU long names or PAX headers.
 //!
-//! The input image holds, in this order: `job/module.wasm`, `job/args` (argv,
-//! each element followed by a NUL byte), `job/env` (`KEY=VALUE`, each followed
-//! by a NUL byte), then `in/<file name>` for every input file. The output image
-//! starts zero-filled; the guest writes a ustar archive of `/out` into it and
-//! [`extract_outputs`](super::extract_outputs) reads it back.
+//! The input image holds, in this order: `job/module.cwasm` (the module's
+//! code, compiled on the host by [`compile`](super::compile)), `job/args`
+//! (argv, each element followed by a NUL byte), `job/env` (`KEY=VALUE`, each
+//! followed by a NUL byte), then `in/<file name>` for every input file. The
+//! output image starts zero-filled; the guest writes a ustar archive of `/out`
+//! into it and [`extract_outputs`](super::extract_outputs) reads it back.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek};
@@ -19,6 +20,8 @@ use std::path::{Path, PathBuf};
 use tar::{EntryType, Header};
 use tracing::info;
 
+use super::compile::CompiledModule;
+
 /// Disk images are padded to whole pages: virtio-blk only needs 512-byte
 /// sectors, but a page multiple never splits a guest page-cache page.
 pub const IMAGE_ALIGN: u64 = 4096;
@@ -26,10 +29,6 @@ pub const IMAGE_ALIGN: u64 = 4096;
 /// The longest input file name: `in/<name>` must fit a ustar header, and with
 /// `in` as the 155-byte prefix the name field (100 bytes) holds the rest.
 pub const MAX_INPUT_NAME: usize = 100;
-
-/// The first eight bytes of every core WebAssembly module: `\0asm` and
-/// version 1. Components (version 0x0d) are not modules the guest can run.
-const WASM_PREAMBLE: [u8; 8] = *b"\0asm\x01\0\0\0";
 
 /// Staging more input than this logs progress at info level.
 const PROGRESS_THRESHOLD: u64 = 64 << 20;
@@ -50,14 +49,6 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
-    #[error("{}: not valid WebAssembly text", .path.display())]
-    Wat {
-        path: PathBuf,
-        #[source]
-        source: wat::Error,
-    },
-    #[error("{}: not a WebAssembly core module (it must start with \\0asm and version 1)", .path.display())]
-    NotWasm { path: PathBuf },
     #[error("input {}: not a regular file", .path.display())]
     InputNotFile { path: PathBuf },
     #[error("input {}: its file name is not UTF-8", .path.display())]
@@ -68,6 +59,8 @@ pub enum ArchiveError {
     DuplicateInput { path: PathBuf, name: String },
     #[error("input {}: it changed size while being staged; stage it again", .path.display())]
     InputChanged { path: PathBuf },
+    #[error("cache entry {}: it shrank while being staged; run the job again", .path.display())]
+    CachedCodeChanged { path: PathBuf },
     #[error("{what} {value:?} contains a NUL byte, which separates entries in the input image")]
     ContainsNul { what: &'static str, value: String },
     #[error("an image of {size} bytes is too large")]
@@ -122,32 +115,17 @@ pub enum EntryProblem {
     DirectoryInTheWay,
 }
 
-/// Reads a WebAssembly module: a `.wat` file is assembled to the binary
-/// format (the guest only runs binaries), anything else is read as is. Either
-/// way the result must be a core module, so a wrong file is refused here
-/// rather than by the guest.
-pub fn load_module(path: &Path) -> Result<Vec<u8>, ArchiveError> {
-    let bytes = if path.extension().is_some_and(|e| e == "wat") {
-        wat::parse_file(path).map_err(|source| ArchiveError::Wat { path: path.to_owned(), source })?
-    } else {
-        std::fs::read(path).map_err(|source| ArchiveError::Read { path: path.to_owned(), source })?
-    };
-    if !bytes.starts_with(&WASM_PREAMBLE) {
-        return Err(ArchiveError::NotWasm { path: path.to_owned() });
-    }
-    Ok(bytes)
-}
-
 /// Writes the input image at `image` (created or truncated) and returns its
 /// size in bytes, a multiple of [`IMAGE_ALIGN`].
 ///
-/// `argv` is the whole argument vector, argv[0] (the module's file name, see
-/// [`JobSpec::argv`](super::JobSpec::argv)) first. `inputs` are staged under
+/// `module` is staged as `job/module.cwasm`; a cached one is streamed from
+/// its file. `argv` is the whole argument vector, argv[0] (the module's file
+/// name, see [`JobSpec::argv`](super::JobSpec::argv)) first. `inputs` are staged under
 /// `in/` by file name; they are streamed, never held in memory, and each must
 /// still have the size it had when its header was written.
 pub fn write_input_image(
     image: &Path,
-    module: &[u8],
+    module: CompiledModule,
     argv: &[String],
     env: &[(String, String)],
     inputs: &[PathBuf],
@@ -170,7 +148,23 @@ pub fn write_input_image(
 
     let file = File::create(image).map_err(|source| write_err(image, source))?;
     let mut builder = tar::Builder::new(BufWriter::new(file));
-    append_bytes(&mut builder, image, "job/module.wasm", module)?;
+    match module {
+        CompiledModule::Fresh(code) => append_bytes(&mut builder, image, "job/module.cwasm", &code)?,
+        CompiledModule::Cached(entry) => {
+            let (path, file, len) = entry.into_parts();
+            let header = ustar_header("job/module.cwasm", len, image)?;
+            // Already verified against its checksum, so no progress to report.
+            let mut quiet = Progress::new(0);
+            let mut reader = ExactReader { file, remaining: len, progress: &mut quiet, failure: None };
+            if let Err(source) = builder.append(&header, &mut reader) {
+                return Err(match reader.failure {
+                    Some(Failure::Shrank) => ArchiveError::CachedCodeChanged { path },
+                    Some(Failure::Read(source)) => ArchiveError::Read { path, source },
+                    None => write_err(image, source),
+                });
+            }
+        }
+    }
     append_bytes(&mut builder, image, "job/args", &argv_bytes)?;
     append_bytes(&mut builder, image, "job/env", &env_bytes)?;
 

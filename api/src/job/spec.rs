@@ -251,6 +251,11 @@ pub enum Problem {
     BadName(String),
     #[error("must name a .wasm or .wat file (got {0:?})")]
     NotWasmName(String),
+    #[error(
+        "must name a .wasm or .wat file, not precompiled code (got {0:?}): mvm runs only code it \
+         compiled itself; give the module the .cwasm was compiled from"
+    )]
+    Precompiled(String),
     #[error("no such file: {}", .0.display())]
     NoSuchFile(PathBuf),
     #[error("cannot access {}: {kind}", .path.display())]
@@ -418,6 +423,7 @@ impl Resolver<'_> {
 
         let wasm = match raw.run.wasm {
             None => return Err(self.invalid("run.wasm", Problem::Required)),
+            Some(w) if w.ends_with(".cwasm") => return Err(self.invalid("run.wasm", Problem::Precompiled(w))),
             Some(w) if !(w.ends_with(".wasm") || w.ends_with(".wat")) => {
                 return Err(self.invalid("run.wasm", Problem::NotWasmName(w)))
             }

@@ -127,6 +127,8 @@ pub struct ServeConfig {
     /// The mvm binary the children run.
     pub exe: PathBuf,
     pub kvm_device: PathBuf,
+    /// The cap of the compiled-code cache in `<state_dir>/cache`.
+    pub cache_max_mib: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +214,8 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         },
         store,
     )?;
-    let context = RequestContext { files_root, state_dir, host: HostLimits::detect() };
+    let context =
+        RequestContext { files_root, state_dir, host: HostLimits::detect(), cache_max_mib: config.cache_max_mib };
     let app = Arc::new(App { supervisor: Arc::new(supervisor), context });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -60,6 +60,8 @@ pub struct RequestContext {
     pub files_root: PathBuf,
     pub state_dir: PathBuf,
     pub host: HostLimits,
+    /// The cap of the daemon's compiled-code cache, which its jobs share.
+    pub cache_max_mib: u64,
 }
 
 /// A checked request: the record to insert (state `created`) and how to
@@ -76,6 +78,11 @@ pub struct Launch {
 /// The state directory of one machine: its job file, logs and staged images.
 pub fn machine_dir(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join("jobs").join(id)
+}
+
+/// The daemon's compiled-code cache, shared by all its jobs.
+pub fn cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("cache")
 }
 
 /// Where a job's outputs land when the request names no directory.
@@ -133,7 +140,13 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
     Ok(Launch {
         record: new_record(id, Kind::Job, spec.name, Value::Object(obj), limits, Some(spec.outputs), now),
         job_toml: Some(toml),
-        args: vec!["up".into(), "--json".into(), job_file.to_string_lossy().into_owned()],
+        args: vec![
+            "up".into(),
+            "--json".into(),
+            format!("--cache-dir={}", cache_dir(&ctx.state_dir).display()),
+            format!("--cache-max-mib={}", ctx.cache_max_mib),
+            job_file.to_string_lossy().into_owned(),
+        ],
     })
 }
 

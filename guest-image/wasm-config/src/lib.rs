@@ -43,17 +43,19 @@ pub const ISA_FEATURES: &[(&str, &str)] = &[
 /// and this build of wasmtime runs without a garbage collector. Everything
 /// else (GC, exceptions, which need one, threads, stack switching) is
 /// refused when the host validates the module, before any VM starts.
+///
+/// `WASM2` includes wasmparser's `GC_TYPES` pseudo-feature (part of its
+/// MVP set), which a wasmtime built without `gc` refuses in `Engine::new`;
+/// without it, reference types stay and only GC-managed types go.
 pub fn wasm_features() -> WasmFeatures {
-    let proposals = WasmFeatures::WASM2
+    (WasmFeatures::WASM2
         | WasmFeatures::TAIL_CALL
         | WasmFeatures::EXTENDED_CONST
         | WasmFeatures::MULTI_MEMORY
         | WasmFeatures::MEMORY64
         | WasmFeatures::RELAXED_SIMD
-        | WasmFeatures::WIDE_ARITHMETIC;
-    // Reference types stay (funcref tables); references to GC objects,
-    // externref included, need the collector.
-    proposals - WasmFeatures::GC_TYPES
+        | WasmFeatures::WIDE_ARITHMETIC)
+        .difference(WasmFeatures::GC_TYPES)
 }
 
 /// The configuration both sides start from: tunables and wasm features set

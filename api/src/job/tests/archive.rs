@@ -2,7 +2,8 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::job::{create_output_image, extract_outputs, load_module, write_input_image, ArchiveError};
+use crate::job::cache::{Cache, Key};
+use crate::job::{create_output_image, extract_outputs, write_input_image, ArchiveError, CompiledModule};
 
 struct Entry {
     path: String,
@@ -40,6 +41,10 @@ fn read_tar(image: &Path) -> Vec<Entry> {
         .collect()
 }
 
+fn code(bytes: &[u8]) -> CompiledModule {
+    CompiledModule::Fresh(bytes.to_vec())
+}
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -57,16 +62,16 @@ fn input_image_round_trips_through_tar() {
     fs::write(&empty, "").unwrap();
 
     let image = tmp.path().join("in.img");
-    let module = b"\0asm\x01\0\0\0";
+    let module = b"\x7fELF compiled code";
     let argv = strings(&["wc.wasm", "/in/words.txt", "", "-x"]);
     let env = vec![("LANG".to_string(), "C".to_string()), ("EMPTY".to_string(), String::new())];
-    let size = write_input_image(&image, module, &argv, &env, &[words, big, empty]).unwrap();
+    let size = write_input_image(&image, code(module), &argv, &env, &[words, big, empty]).unwrap();
 
     assert_eq!(size, fs::metadata(&image).unwrap().len());
     assert_eq!(size % 4096, 0);
     let entries = read_tar(&image);
     let names: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(names, ["job/module.wasm", "job/args", "job/env", "in/words.txt", "in/big.bin", "in/empty"]);
+    assert_eq!(names, ["job/module.cwasm", "job/args", "job/env", "in/words.txt", "in/big.bin", "in/empty"]);
     for e in &entries {
         assert!(e.ustar, "{} is not a ustar header", e.path);
         assert_eq!((e.mode, e.mtime, e.uid, e.gid), (0o444, 0, 0, 0), "{}", e.path);
@@ -80,12 +85,29 @@ fn input_image_round_trips_through_tar() {
 }
 
 #[test]
+fn cached_code_is_streamed_from_its_entry_even_once_evicted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::new(tmp.path().join("cache"), 1 << 30);
+    let code: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let key = Key::new([9; 32]);
+    cache.put(&key, &code).unwrap();
+    let entry = cache.get(&key).unwrap();
+    // Another job's eviction or `mvm cache clear` between lookup and staging.
+    assert_eq!(cache.clear().unwrap(), 1);
+    let image = tmp.path().join("in.img");
+    write_input_image(&image, CompiledModule::Cached(entry), &strings(&["m.wasm"]), &[], &[]).unwrap();
+    let entries = read_tar(&image);
+    assert_eq!(entries[0].path, "job/module.cwasm");
+    assert_eq!(entries[0].data, code, "the code alone, without the entry's header");
+}
+
+#[test]
 fn small_input_image_is_one_page_and_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a.img");
     let b = tmp.path().join("b.img");
-    assert_eq!(write_input_image(&a, b"\0asm\x01\0\0\0", &strings(&["m.wasm"]), &[], &[]).unwrap(), 4096);
-    write_input_image(&b, b"\0asm\x01\0\0\0", &strings(&["m.wasm"]), &[], &[]).unwrap();
+    assert_eq!(write_input_image(&a, code(b"\x7fELF"), &strings(&["m.wasm"]), &[], &[]).unwrap(), 4096);
+    write_input_image(&b, code(b"\x7fELF"), &strings(&["m.wasm"]), &[], &[]).unwrap();
     assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
     let entries = read_tar(&a);
     assert_eq!(entries[2].path, "job/env");
@@ -100,12 +122,12 @@ fn input_image_is_readable_by_the_strict_output_reader() {
     let input = tmp.path().join(&long_name);
     fs::write(&input, "data").unwrap();
     let image = tmp.path().join("in.img");
-    write_input_image(&image, b"\0asm\x01\0\0\0", &strings(&["m"]), &[], &[input]).unwrap();
+    write_input_image(&image, code(b"\x7fELF"), &strings(&["m"]), &[], &[input]).unwrap();
     let dest = tmp.path().join("dest");
     let summary = extract_outputs(&image, &dest, u64::MAX).unwrap();
     let paths: Vec<PathBuf> = summary.files.iter().map(|f| f.path.clone()).collect();
     let long_path = PathBuf::from("in").join(&long_name);
-    assert_eq!(paths, [long_path.clone(), "job/args".into(), "job/env".into(), "job/module.wasm".into()]);
+    assert_eq!(paths, [long_path.clone(), "job/args".into(), "job/env".into(), "job/module.cwasm".into()]);
     assert_eq!(fs::read(dest.join(long_path)).unwrap(), b"data");
 }
 
@@ -114,7 +136,7 @@ fn input_names_that_do_not_fit_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("y".repeat(101));
     fs::write(&input, "").unwrap();
-    let e = write_input_image(&tmp.path().join("in.img"), b"", &[], &[], &[input]).unwrap_err();
+    let e = write_input_image(&tmp.path().join("in.img"), code(b""), &[], &[], &[input]).unwrap_err();
     assert!(matches!(&e, ArchiveError::InputNameTooLong { name, .. } if name.len() == 101), "{e}");
 }
 
@@ -127,11 +149,11 @@ fn duplicate_and_non_file_inputs_are_refused() {
     fs::write(&a, "1").unwrap();
     fs::write(&b, "2").unwrap();
     let image = tmp.path().join("in.img");
-    let e = write_input_image(&image, b"", &[], &[], &[a, b.clone()]).unwrap_err();
+    let e = write_input_image(&image, code(b""), &[], &[], &[a, b.clone()]).unwrap_err();
     assert!(matches!(&e, ArchiveError::DuplicateInput { path, name } if path == &b && name == "f.txt"), "{e}");
-    let e = write_input_image(&image, b"", &[], &[], &[tmp.path().join("a")]).unwrap_err();
+    let e = write_input_image(&image, code(b""), &[], &[], &[tmp.path().join("a")]).unwrap_err();
     assert!(matches!(e, ArchiveError::InputNotFile { .. }), "{e}");
-    let e = write_input_image(&image, b"", &[], &[], &[tmp.path().join("missing")]).unwrap_err();
+    let e = write_input_image(&image, code(b""), &[], &[], &[tmp.path().join("missing")]).unwrap_err();
     assert!(matches!(e, ArchiveError::Read { .. }), "{e}");
 }
 
@@ -139,33 +161,11 @@ fn duplicate_and_non_file_inputs_are_refused() {
 fn nul_bytes_in_argv_or_env_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let image = tmp.path().join("in.img");
-    let e = write_input_image(&image, b"", &strings(&["m", "a\0b"]), &[], &[]).unwrap_err();
+    let e = write_input_image(&image, code(b""), &strings(&["m", "a\0b"]), &[], &[]).unwrap_err();
     assert!(matches!(e, ArchiveError::ContainsNul { what: "argument", .. }), "{e}");
     let env = [("K".to_string(), "v\0".to_string())];
-    let e = write_input_image(&image, b"", &[], &env, &[]).unwrap_err();
+    let e = write_input_image(&image, code(b""), &[], &env, &[]).unwrap_err();
     assert!(matches!(e, ArchiveError::ContainsNul { what: "environment variable", .. }), "{e}");
-}
-
-#[test]
-fn wat_is_assembled_and_wasm_is_checked() {
-    let tmp = tempfile::tempdir().unwrap();
-    let wat = tmp.path().join("m.wat");
-    fs::write(&wat, r#"(module (func (export "_start")))"#).unwrap();
-    let bytes = load_module(&wat).unwrap();
-    assert!(bytes.starts_with(b"\0asm\x01\0\0\0"));
-
-    let wasm = tmp.path().join("m.wasm");
-    fs::write(&wasm, &bytes).unwrap();
-    assert_eq!(load_module(&wasm).unwrap(), bytes);
-
-    fs::write(&wasm, "(module)").unwrap();
-    assert!(matches!(load_module(&wasm), Err(ArchiveError::NotWasm { .. })), "text in a .wasm file");
-    fs::write(&wat, "(module (func (oops)))").unwrap();
-    let e = load_module(&wat).unwrap_err();
-    assert!(matches!(e, ArchiveError::Wat { .. }), "{e}");
-    fs::write(&wat, "(component)").unwrap();
-    assert!(matches!(load_module(&wat), Err(ArchiveError::NotWasm { .. })), "a component is not a module");
-    assert!(matches!(load_module(&tmp.path().join("gone.wasm")), Err(ArchiveError::Read { .. })));
 }
 
 #[test]

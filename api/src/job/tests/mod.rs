@@ -1,5 +1,7 @@
 //! Unit tests for the job file and both images; no VM involved.
 
 mod archive;
+mod cache;
+mod compile;
 mod extract;
 mod spec;

@@ -288,6 +288,11 @@ fn invalid_run_values_name_their_key_and_line() {
             "[run]\nwasm = \"data/words.txt\"",
             "job.toml:2: run.wasm: must name a .wasm or .wat file (got \"data/words.txt\")",
         ),
+        (
+            "[run]\nwasm = \"m.cwasm\"",
+            "job.toml:2: run.wasm: must name a .wasm or .wat file, not precompiled code (got \"m.cwasm\"): mvm runs \
+             only code it compiled itself; give the module the .cwasm was compiled from",
+        ),
         ("[run]\nargs = []", "job.toml:1: run.wasm: is required"),
         ("name = \"x\"", "job.toml: run.wasm: is required"),
         (

@@ -23,6 +23,7 @@ fn fixture() -> Fixture {
         files_root: std::fs::canonicalize(&root).unwrap(),
         state_dir: std::fs::canonicalize(&state).unwrap(),
         host: HostLimits { memory_mib: 1024, cpus: 2 },
+        cache_max_mib: 100,
     };
     Fixture { _tmp: tmp, ctx, outside }
 }
@@ -66,7 +67,8 @@ fn a_job_gets_absolute_paths_default_outputs_and_its_limits() {
         (16, 1, Some(30.0), Some(64))
     );
     let job_file = f.ctx.state_dir.join("jobs/abc/job.toml");
-    assert_eq!(launch.args, ["up", "--json", job_file.to_str().unwrap()]);
+    let cache = format!("--cache-dir={}", f.ctx.state_dir.join("cache").display());
+    assert_eq!(launch.args, ["up", "--json", &cache, "--cache-max-mib=100", job_file.to_str().unwrap()]);
     // The job file written is one `mvm up` accepts as it is.
     let anchor = f.ctx.state_dir.join("jobs/job.toml");
     let spec = JobSpec::parse(launch.job_toml.as_deref().unwrap(), &anchor, &f.ctx.host).unwrap();
@@ -276,6 +278,10 @@ fn job_paths_keep_their_given_names_and_the_job_files_own_checks() {
         let e = refused(job(&f, json!({ "run": { "wasm": wasm } })));
         assert_eq!((e.status, e.error.as_str()), (StatusCode::BAD_REQUEST, says));
     }
+    std::fs::write(root.join("m.cwasm"), "\x7fELF").unwrap();
+    let e = refused(job(&f, json!({ "run": { "wasm": "m.cwasm" } })));
+    assert_eq!((e.status, e.field.as_deref()), (StatusCode::BAD_REQUEST, Some("run.wasm")));
+    assert!(e.error.contains("not precompiled code"), "{}", e.error);
     // An outputs directory that cannot be made is refused now, not after the job ran.
     let e = refused(job(&f, json!({ "run": { "wasm": "m.wat" }, "files": { "outputs": "m.wat/out" } })));
     assert_eq!((e.status, e.field.as_deref()), (StatusCode::BAD_REQUEST, Some("files.outputs")), "{}", e.error);

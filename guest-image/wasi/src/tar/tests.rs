@@ -55,7 +55,7 @@ fn input_bytes(image: &[u8], file: &InputFile) -> Vec<u8> {
 #[test]
 fn a_job_disk_yields_its_module_arguments_environment_and_inputs() {
     let image = archive(&[
-        (b"job/module.cwasm", b'0', b"\0asm-module"),
+        (b"job/module.cwasm", b'0', b"\x7fELF-code"),
         (b"job/args", b'0', b"wc\0-l\0\0last\0"),
         (b"job/env", 0, b"A=1\0B=2\0"),
         (b"in/words.txt", b'0', &[b'w'; 700]),
@@ -66,7 +66,7 @@ fn a_job_disk_yields_its_module_arguments_environment_and_inputs() {
         (b"in/empty", b'0', b""),
     ]);
     let job = read(image.clone()).unwrap();
-    assert_eq!(&job.module[..], b"\0asm-module");
+    assert_eq!(&job.module[..], b"\x7fELF-code");
     assert_eq!(job.args, [&b"wc"[..], b"-l", b"", b"last"]);
     assert_eq!(job.env, [&b"A=1"[..], b"B=2"]);
     let names: Vec<&str> = job.inputs.iter().map(|f| f.name.as_str()).collect();
@@ -103,6 +103,9 @@ fn arguments_split_on_nul_with_or_without_the_last_one() {
 #[test]
 fn a_disk_without_a_module_is_refused() {
     let image = archive(&[(b"job/args", b'0', b"x\0"), (b"job/module.cwasm", b'5', b"")]);
+    assert!(matches!(read(image), Err(TarError::Missing("job/module.cwasm"))));
+    // The uncompiled module of a host that predates compiling is not code.
+    let image = archive(&[(b"job/module.wasm", b'0', b"\0asm\x01\0\0\0")]);
     assert!(matches!(read(image), Err(TarError::Missing("job/module.cwasm"))));
     assert!(matches!(read(vec![0; 4 * BLOCK]), Err(TarError::Missing(_))));
     assert!(matches!(read(Vec::new()), Err(TarError::Missing(_))));
