@@ -189,9 +189,13 @@ fn up(job: &tempfile::TempDir) -> Measured {
 fn a_throttled_sleeping_guest_wakes_on_time() {
     common::require_kvm();
     let _serial = one_at_a_time();
-    let boot = up(&quarter_core_job(EXIT_AT_ONCE));
+    let (boot_job, run_job) = (quarter_core_job(EXIT_AT_ONCE), quarter_core_job(SPIN_THEN_SLEEP));
+    // Compiling runs on the host, outside the quota: once, so that the
+    // measured runs take the code from the cache and charge only the VM.
+    up(&run_job);
+    let boot = up(&boot_job);
     assert_eq!(boot.code, 0, "{}", boot.output);
-    let run = up(&quarter_core_job(SPIN_THEN_SLEEP));
+    let run = up(&run_job);
     assert_eq!(run.code, 0, "{}", run.output);
     let late = run.output.lines().find(|l| l.starts_with("late_us=")).expect("a late_us line");
     let late = Duration::from_micros(field(late, "late_us"));

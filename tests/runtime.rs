@@ -14,7 +14,7 @@ const OUT_OF_MEMORY: i32 = 122;
 const CRASHED: i32 = 123;
 
 /// `mvm.test=fault:<kind>` → (vector name and number as mvm reports them).
-const FAULTS: [(&str, &str); 8] = [
+const FAULTS: [(&str, &str); 9] = [
     ("ud", "#UD invalid opcode (vector 6"),
     ("bp", "#BP breakpoint (vector 3"),
     ("de", "#DE divide error (vector 0"),
@@ -22,6 +22,8 @@ const FAULTS: [(&str, &str); 8] = [
     ("pf", "#PF page fault (vector 14, error code 0x2, cr2 0x7f0000000000"),
     ("stack-overflow", "#DF double fault (vector 8, error code 0x0, cr2 0x"),
     ("df", "#DF double fault (vector 8, error code 0x0)"),
+    // The page at 0 is not mapped: a null pointer faults.
+    ("null", "#PF page fault (vector 14, error code 0x0, cr2 0x8)"),
     // A present page mapped read-only (as wasmtime's code is): the write faults.
     ("write-read-only", "#PF page fault (vector 14, error code 0x3, cr2 0x"),
 ];

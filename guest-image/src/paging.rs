@@ -1,6 +1,7 @@
 //! The guest's own page tables: all RAM identity-mapped with 2 MiB pages,
-//! except the 2 MiB around the boot stack, which gets 4 KiB pages so that the
-//! page below the stack can stay unmapped as a guard. Above RAM, 4 KiB pages
+//! except the first 2 MiB and the 2 MiB around the boot stack, which get
+//! 4 KiB pages so that the page at 0 (null) and the page below the stack (a
+//! guard) can stay unmapped. Above RAM, 4 KiB pages
 //! mapped one by one with their own protections (see vmem.rs). Under PVM
 //! every entry carries the U/S bit, as the VMM's boot tables do (see pvm.rs).
 
@@ -79,7 +80,11 @@ pub fn init(frames: &mut Frames, ram_top: u64, pvm: bool) {
     let flags = PRESENT | WRITABLE | if pvm { USER } else { 0 };
     let new_table = &mut || frames.alloc_zeroed().expect("no memory left for page tables");
     let pml4 = new_table();
-    let guard = guard_page();
+    // Left unmapped: the page below the boot stack, and the page at 0, so
+    // that a null pointer (plus a small offset) faults. wasmtime's compiled
+    // code relies on that: a call through a null funcref, or through a table
+    // slot its bounds check replaced with null, must fault, not read RAM.
+    let holes = [guard_page(), 0];
     let mut addr = 0;
     while addr < ram_top {
         // SAFETY: every table comes from `frames`, identity-mapped RAM the
@@ -87,11 +92,11 @@ pub fn init(frames: &mut Frames, ram_top: u64, pvm: bool) {
         unsafe {
             let pdpt = next_table(new_table, pml4, (addr >> 39) & 511, flags);
             let pd = next_table(new_table, pdpt, (addr >> 30) & 511, flags);
-            if guard & !(HUGE_PAGE - 1) == addr {
+            if holes.iter().any(|hole| hole & !(HUGE_PAGE - 1) == addr) {
                 let pt = next_table(new_table, pd, (addr >> 21) & 511, flags);
                 for i in 0..512 {
                     let page = addr + i * PAGE;
-                    *entry(pt, i) = if page == guard { 0 } else { page | flags };
+                    *entry(pt, i) = if holes.contains(&page) { 0 } else { page | flags };
                 }
             } else {
                 *entry(pd, (addr >> 21) & 511) = addr | flags | HUGE;

@@ -77,6 +77,8 @@ fn fault(kind: &[u8]) {
             b"stack-overflow" => {
                 recurse(0);
             }
+            // What wasmtime's code does with a null funcref: read a field.
+            b"null" => asm!("mov rax, [{}]", in(reg) 8u64, out("rax") _, options(nostack)),
             b"write-read-only" => {
                 let page = protected_page(Access::Read);
                 asm!("mov qword ptr [{}], 1", in(reg) page, options(nostack));
@@ -93,7 +95,7 @@ fn fault(kind: &[u8]) {
                 asm!("mov rax, [{}]", in(reg) 0x8000_0000_0000_0000u64, out("rax") _, options(nostack));
             }
             _ => panic!(
-                "mvm.test=fault:{}: expected ud, bp, de, gp, pf, stack-overflow, df, write-read-only or exec-no-execute",
+                "mvm.test=fault:{}: expected ud, bp, de, gp, pf, null, stack-overflow, df, write-read-only or exec-no-execute",
                 Display(kind)
             ),
         }

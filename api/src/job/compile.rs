@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
-use wasmtime::{Config, Engine, OptLevel, WasmBacktraceDetails};
+use wasmtime::{Config, Engine, OptLevel};
 
 use super::cache::{Cache, Entry, Key};
 
@@ -147,10 +147,6 @@ fn host_config() -> Result<Config, CompileError> {
     let mut config = mvm_wasm_config::config();
     config.target(TARGET).map_err(|e| CompileError::Engine(format!("{e:#}")))?;
     config.cranelift_opt_level(OptLevel::Speed);
-    // With std, wasmtime's default reads WASMTIME_BACKTRACE_DETAILS, which
-    // would change a tunable and make the guest (no_std: always off) refuse
-    // the code.
-    config.wasm_backtrace_details(WasmBacktraceDetails::Disable);
     for flag in host_isa_flags() {
         // SAFETY: each flag only lets Cranelift use an instruction-set
         // extension, and only one this CPU has; the guest runs on this CPU

@@ -6,7 +6,7 @@
 
 #![no_std]
 
-use wasmtime::{Config, WasmFeatures};
+use wasmtime::{Config, WasmBacktraceDetails, WasmFeatures};
 
 /// The wasmtime release both sides are built against (see Cargo.toml).
 pub const WASMTIME_VERSION: &str = "48.0.8";
@@ -74,6 +74,10 @@ pub fn config() -> Config {
         .table_lazy_init(true)
         .max_wasm_stack(MAX_WASM_STACK)
         .relaxed_simd_deterministic(true)
+        // Not left to the default, which on the std (host) side reads
+        // WASMTIME_BACKTRACE_DETAILS from the environment: it sets a tunable
+        // that the loading side must match.
+        .wasm_backtrace_details(WasmBacktraceDetails::Disable)
         .wasm_features(WasmFeatures::all(), false)
         .wasm_features(wasm_features(), true);
     config

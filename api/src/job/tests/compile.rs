@@ -2,7 +2,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::job::cache::Cache;
-use crate::job::compile::{host_isa_flags, load_module, min_memory_bytes, prepare, Compiler, MAX_MODULE_BYTES};
+use crate::job::compile::{load_module, min_memory_bytes, prepare, Compiler, MAX_MODULE_BYTES};
 use crate::job::{CompileError, CompiledModule};
 
 const HELLO: &str = r#"(module
@@ -45,33 +45,6 @@ fn bytes(module: CompiledModule) -> Vec<u8> {
             code
         }
     }
-}
-
-#[test]
-fn compiled_code_loads_back_into_an_engine_of_the_same_config() {
-    let compiler = Compiler::new().unwrap();
-    let code = compiler.compile(&wasm(HELLO)).unwrap();
-    assert_eq!(wasmtime::Engine::detect_precompiled(&code), Some(wasmtime::Precompiled::Module));
-
-    let mut config = mvm_wasm_config::config();
-    config.target("x86_64-unknown-linux-gnu").unwrap();
-    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
-    for flag in host_isa_flags() {
-        // SAFETY: the flags the compiler enabled, all of which this CPU has.
-        unsafe {
-            config.cranelift_flag_enable(flag);
-        }
-    }
-    let engine = wasmtime::Engine::new(&config).unwrap();
-    // SAFETY: the bytes are wasmtime's own output from just above, unaltered.
-    let module = unsafe { wasmtime::Module::deserialize(&engine, &code) }.unwrap();
-    assert!(module.get_export("_start").is_some());
-
-    // An engine that differs (here: without the shared tunables) refuses it,
-    // so the check above is not vacuous.
-    let other = wasmtime::Engine::new(&wasmtime::Config::new()).unwrap();
-    // SAFETY: as above.
-    assert!(unsafe { wasmtime::Module::deserialize(&other, &code) }.is_err());
 }
 
 #[test]
