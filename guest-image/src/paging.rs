@@ -181,6 +181,24 @@ fn leaf(addr: u64, create: bool) -> Option<*mut u64> {
     Some(unsafe { entry(table, (addr >> 12) & 511) })
 }
 
+/// How many bytes from `addr`'s aligned block down have no page tables at
+/// all (a whole 512 GiB, 1 GiB or 2 MiB block), or 0 when a last-level table
+/// covers `addr`: lets a walk over a 4 GiB reservation skip what was never
+/// mapped instead of looking up a million pages.
+pub fn unmapped_span(addr: u64) -> u64 {
+    let mut table = PML4.load(Ordering::Relaxed);
+    for shift in [39, 30, 21] {
+        // SAFETY: `table` is a live identity-mapped table; entries above RAM
+        // are never huge pages.
+        let pte = unsafe { *entry(table, (addr >> shift) & 511) };
+        if pte & PRESENT == 0 {
+            return 1 << shift;
+        }
+        table = pte & ADDR_MASK;
+    }
+    0
+}
+
 /// The frame behind the page at `addr`, whatever its access.
 pub fn frame(addr: u64) -> Option<u64> {
     // SAFETY: `leaf` points into a live table.

@@ -34,12 +34,17 @@ fn frame_layout() -> Layout {
     Layout::from_size_align(PAGE as usize, PAGE as usize).expect("page layout")
 }
 
-fn pages(addr: u64, len: u64) -> Result<impl Iterator<Item = u64>, VmemError> {
+/// The end of a page-aligned range inside the region.
+fn range_end(addr: u64, len: u64) -> Result<u64, VmemError> {
     let end = addr.checked_add(len).ok_or(VmemError::BadRange)?;
     if !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || addr < REGION_START || end > REGION_END {
         return Err(VmemError::BadRange);
     }
-    Ok((addr..end).step_by(PAGE as usize))
+    Ok(end)
+}
+
+fn pages(addr: u64, len: u64) -> Result<impl Iterator<Item = u64>, VmemError> {
+    Ok((addr..range_end(addr, len)?).step_by(PAGE as usize))
 }
 
 /// Reserves `len` bytes of address space: nothing is mapped yet.
@@ -53,18 +58,42 @@ pub fn reserve(len: u64) -> Result<u64, VmemError> {
     Ok(addr)
 }
 
+/// The pages of the range that may have a frame: blocks with no page
+/// tables at all are skipped whole.
+fn maybe_mapped(addr: u64, len: u64) -> Result<impl Iterator<Item = u64>, VmemError> {
+    let end = range_end(addr, len)?;
+    let mut next = addr;
+    Ok(core::iter::from_fn(move || {
+        while next < end {
+            let page = next;
+            match paging::unmapped_span(page) {
+                0 => {
+                    next += PAGE;
+                    return Some(page);
+                }
+                span => next = (page | (span - 1)) + 1,
+            }
+        }
+        None
+    }))
+}
+
 /// Sets the access of every page in the range; a page without a frame gets
 /// a zeroed one unless `access` is `None`. A page's contents survive a
 /// change of access, as with mprotect.
 pub fn protect(addr: u64, len: u64, access: Access) -> Result<(), VmemError> {
     let mut flush = false;
-    for page in pages(addr, len)? {
-        let frame = match paging::frame(page) {
-            Some(frame) => frame,
-            None if access == Access::None => continue,
-            None => new_frame(),
-        };
-        flush |= paging::set_page(page, frame, access);
+    if access == Access::None {
+        for page in maybe_mapped(addr, len)? {
+            if let Some(frame) = paging::frame(page) {
+                flush |= paging::set_page(page, frame, access);
+            }
+        }
+    } else {
+        for page in pages(addr, len)? {
+            let frame = paging::frame(page).unwrap_or_else(new_frame);
+            flush |= paging::set_page(page, frame, access);
+        }
     }
     if flush {
         paging::flush_all();
@@ -90,7 +119,7 @@ pub fn alias(phys: u64, len: u64, access: Access) -> Result<u64, VmemError> {
 /// reserved and faults on any access.
 pub fn release(addr: u64, len: u64) -> Result<(), VmemError> {
     let mut flush = false;
-    for page in pages(addr, len)? {
+    for page in maybe_mapped(addr, len)? {
         if let Some(frame) = paging::clear_page(page) {
             // SAFETY: every frame in these tables came from `new_frame`, and
             // its page no longer maps it.

@@ -114,7 +114,7 @@ fn execute(code: &'static [u8], state: State) -> (Ending, State) {
     let mut store = Store::new(&engine, state);
     let result = (|| -> wasmtime::Result<()> {
         let mut linker = Linker::new(&engine);
-        wasi::link(&mut linker)?;
+        wasi::link(&mut linker, &module)?;
         let instance = linker.instantiate(&mut store, &module)?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call(&mut store, ())

@@ -4,13 +4,14 @@
 //! wasmtime's linker. Functions a job could import but this runtime does not offer
 //! return ENOSYS, so that a module linked against the whole API still loads.
 
+use alloc::collections::BTreeSet;
 use alloc::string::String;
 use core::fmt;
 
 use mvm_wasi::fs::errno;
 use mvm_wasi::wasi::{self as w, Wasi};
 use mvm_wasi::{BlockDevice, Clock, Platform};
-use wasmtime::{Caller, Extern, Linker, Memory};
+use wasmtime::{Caller, Extern, Linker, Memory, Module};
 
 use crate::entropy::Entropy;
 use crate::virtio::blk::{Blk, BlkError};
@@ -120,11 +121,13 @@ fn code(result: Result<(), w::Errno>) -> i32 {
 /// runtime state, and whose `Err(errno)` becomes the function's result.
 macro_rules! wasi {
     ($linker:expr, $name:literal, |$mem:ident, $wasi:ident $(, $arg:ident: $ty:ty)*| $body:expr) => {
-        $linker.func_wrap(MODULE, $name, |mut caller: Caller<'_, State>, $($arg: $ty),*| -> wasmtime::Result<i32> {
-            let memory = memory_of(&mut caller)?;
-            let ($mem, $wasi) = memory.data_and_store_mut(&mut caller);
-            Ok(code($body))
-        })?;
+        if $linker.wants($name) {
+            $linker.linker.func_wrap(MODULE, $name, |mut caller: Caller<'_, State>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                let memory = memory_of(&mut caller)?;
+                let ($mem, $wasi) = memory.data_and_store_mut(&mut caller);
+                Ok(code($body))
+            })?;
+        }
     };
 }
 
@@ -132,12 +135,33 @@ macro_rules! wasi {
 macro_rules! unsupported {
     ($linker:expr, $($name:literal: ($($ty:ty),*)),* $(,)?) => {
         $(
-            $linker.func_wrap(MODULE, $name, |_: Caller<'_, State>, $(_: $ty),*| -> i32 { i32::from(errno::NOSYS) })?;
+            if $linker.wants($name) {
+                $linker.linker.func_wrap(MODULE, $name, |_: Caller<'_, State>, $(_: $ty),*| -> i32 {
+                    i32::from(errno::NOSYS)
+                })?;
+            }
         )*
     };
 }
 
-pub fn link(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+/// The linker, and the WASI functions the module imports: only those are
+/// defined. Each definition is code of its own (wasmtime makes one per
+/// function), and under PVM first running a page of code costs a fault, so
+/// a module that imports a few functions pays for those few.
+struct Imports<'a> {
+    linker: &'a mut Linker<State>,
+    names: BTreeSet<&'a str>,
+}
+
+impl Imports<'_> {
+    fn wants(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+}
+
+pub fn link(linker: &mut Linker<State>, module: &Module) -> wasmtime::Result<()> {
+    let names = module.imports().filter(|import| import.module() == MODULE).map(|import| import.name()).collect();
+    let linker = &mut Imports { linker, names };
     wasi!(linker, "args_sizes_get", |mem, wasi, argc: u32, size: u32| w::args_sizes_get(mem, wasi, argc, size));
     wasi!(linker, "args_get", |mem, wasi, argv: u32, buf: u32| w::args_get(mem, wasi, argv, buf));
     wasi!(linker, "environ_sizes_get", |mem, wasi, count: u32, size: u32| w::environ_sizes_get(mem, wasi, count, size));
@@ -197,10 +221,14 @@ pub fn link(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     wasi!(linker, "poll_oneoff", |mem, wasi, subs: u32, events: u32, count: u32, nevents: u32| {
         w::poll_oneoff(mem, wasi, subs, events, count, nevents)
     });
-    linker.func_wrap(MODULE, "sched_yield", || -> i32 { 0 })?;
-    linker.func_wrap(MODULE, "proc_exit", |code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::new(Exit(code)))
-    })?;
+    if linker.wants("sched_yield") {
+        linker.linker.func_wrap(MODULE, "sched_yield", || -> i32 { 0 })?;
+    }
+    if linker.wants("proc_exit") {
+        linker.linker.func_wrap(MODULE, "proc_exit", |code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::new(Exit(code)))
+        })?;
+    }
     unsupported!(linker,
         "fd_advise": (i32, i64, i64, i32),
         "fd_allocate": (i32, i64, i64),
