@@ -36,7 +36,7 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The first eight bytes of every core WebAssembly module: `\0asm` and
 /// version 1. Components (version 0x0d) are not modules the guest can run.
-const WASM_PREAMBLE: [u8; 8] = *b"\0asm\x01\0\0\0";
+pub(crate) const WASM_PREAMBLE: [u8; 8] = *b"\0asm\x01\0\0\0";
 
 /// Separates cache keys of this scheme from any other use of SHA-256; bump
 /// it when anything that goes into the code but not into wasmtime's own
@@ -103,17 +103,18 @@ impl CompiledModule {
     }
 }
 
-/// The compiling engine and the fingerprint of everything about it that
-/// shapes the code it produces.
+/// The fingerprint of everything about the compiling engine that shapes
+/// the code it produces; the engine itself is made only to compile.
 pub struct Compiler {
-    engine: Engine,
     fingerprint: [u8; 32],
+}
+
+fn engine_err(e: wasmtime::Error) -> CompileError {
+    CompileError::Engine(format!("{e:#}"))
 }
 
 impl Compiler {
     pub fn new() -> Result<Compiler, CompileError> {
-        let engine_err = |e: wasmtime::Error| CompileError::Engine(format!("{e:#}"));
-        let engine = Engine::new(&host_config()?).map_err(engine_err)?;
         // Every artifact wasmtime compiles records what an engine must match
         // to load it: target, Cranelift and ISA flags, tunables, wasm
         // features, wasmtime's version. An empty module's artifact is that
@@ -121,8 +122,17 @@ impl Compiler {
         // engine that would have compiled it the same way.
         // (`precompile_compatibility_hash` would say the same, but needs the
         // runtime, which installs signal handlers in this VMM process.)
-        let probe = engine.precompile_module(&WASM_PREAMBLE).map_err(engine_err)?;
-        Ok(Compiler { engine, fingerprint: Sha256::digest(probe).into() })
+        // Compiled on this thread: starting the parallel compiler's threads
+        // would cost more (~4 ms) than a cache hit saves.
+        let mut config = host_config()?;
+        config.parallel_compilation(false);
+        let probe = Engine::new(&config).and_then(|e| e.precompile_module(&WASM_PREAMBLE)).map_err(engine_err)?;
+        Ok(Compiler { fingerprint: Sha256::digest(probe).into() })
+    }
+
+    #[cfg(test)]
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
     }
 
     /// The cache key of `wasm` compiled by this engine.
@@ -136,9 +146,13 @@ impl Compiler {
         Key::new(hasher.finalize().into())
     }
 
-    /// Validates and compiles `wasm`; the error is wasmtime's reason.
-    pub fn compile(&self, wasm: &[u8]) -> Result<Vec<u8>, String> {
-        self.engine.precompile_module(wasm).map_err(|e| format!("{e:#}"))
+    /// Validates and compiles `wasm` (read from `path`), on every core; a
+    /// module wasmtime refuses is `Invalid`, with its reason.
+    pub fn compile(&self, path: &Path, wasm: &[u8]) -> Result<Vec<u8>, CompileError> {
+        let engine = Engine::new(&host_config()?).map_err(engine_err)?;
+        engine
+            .precompile_module(wasm)
+            .map_err(|e| CompileError::Invalid { path: path.to_owned(), reason: format!("{e:#}") })
     }
 }
 
@@ -270,7 +284,7 @@ pub fn prepare(path: &Path, memory_mib: u64, cache: Option<&Cache>) -> Result<Co
 
     info!("compiling {} ({:.1} MiB) with Cranelift", path.display(), wasm.len() as f64 / MIB as f64);
     let started = Instant::now();
-    let code = compiler.compile(&wasm).map_err(|reason| CompileError::Invalid { path: path.to_owned(), reason })?;
+    let code = compiler.compile(path, &wasm)?;
     info!("compiled {} in {:.2} s", path.display(), started.elapsed().as_secs_f64());
 
     if let Some(cache) = cache {

@@ -1,4 +1,6 @@
 use std::fs;
+
+use sha2::Digest;
 use std::path::Path;
 
 use crate::job::cache::Cache;
@@ -56,6 +58,16 @@ fn keys_depend_on_the_module_only_for_one_engine() {
     assert_eq!(a.key(&hello).to_string().len(), 64);
 }
 
+/// The fingerprint comes from an engine that compiles on one thread; the
+/// code from one that compiles on all. Only if their artifacts carry the
+/// same record does the key say which code an entry holds.
+#[test]
+fn the_fingerprint_is_the_compiling_engines_record() {
+    let compiler = Compiler::new().unwrap();
+    let empty = compiler.compile(Path::new("empty.wasm"), &crate::job::compile::WASM_PREAMBLE).unwrap();
+    assert_eq!(compiler.fingerprint(), <[u8; 32]>::from(sha2::Sha256::digest(empty)));
+}
+
 #[test]
 fn wat_is_assembled_and_wasm_is_checked() {
     let tmp = tempfile::tempdir().unwrap();
@@ -83,7 +95,7 @@ fn wat_is_assembled_and_wasm_is_checked() {
 #[test]
 fn precompiled_code_is_refused_whatever_its_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let code = Compiler::new().unwrap().compile(&wasm(HELLO)).unwrap();
+    let code = Compiler::new().unwrap().compile(Path::new("hello.wat"), &wasm(HELLO)).unwrap();
     let path = write(tmp.path(), "m.wasm", &code);
     let e = load_module(&path, MAX_MODULE_BYTES).unwrap_err();
     assert!(matches!(e, CompileError::Precompiled { .. }), "{e}");
