@@ -46,6 +46,18 @@ fn every_exception_is_reported_by_name_with_its_rip() {
     }
 }
 
+/// The guest's virtual memory above RAM (wasmtime's memories): 2 MiB blocks
+/// and 4 KiB pages keep their contents through changes of access, a block
+/// changed in part is split, and released memory comes back zeroed.
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn guest_virtual_memory_keeps_contents_through_changes_of_access() {
+    common::require_kvm();
+    let (code, stdout, stderr) = boot(&["--memory-mib", "32", "--cmdline", "mvm.test=vmem mvm.exit=0"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("vmem: ok"), "{stdout}");
+}
+
 #[test]
 #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn code_on_a_page_without_execute_permission_does_not_run() {

@@ -161,69 +161,114 @@ pub enum Access {
     ReadExecute,
 }
 
-/// The last-level entry for `addr`, made (with its tables) when `create`.
-/// Only for addresses above RAM, which the boot tables leave unmapped.
-fn leaf(addr: u64, create: bool) -> Option<*mut u64> {
+/// What maps an address above RAM, where the boot tables map nothing and
+/// vmem.rs maps 4 KiB pages and 2 MiB blocks.
+pub enum Lookup {
+    /// No page tables at all for the aligned block of `span` bytes (512 GiB,
+    /// 1 GiB or 2 MiB) around the address.
+    Unmapped { span: u64 },
+    /// A 4 KiB page, with its frame if it has one.
+    Page { frame: Option<u64> },
+    /// A 2 MiB block and its frame (kept while its access is `None`).
+    Block { frame: u64 },
+}
+
+pub const BLOCK: u64 = HUGE_PAGE;
+
+/// The page-directory entry (2 MiB) for `addr`, made with its tables when
+/// `create`; None when a table on the way is missing and not `create`.
+fn directory_entry(addr: u64, create: bool) -> Option<*mut u64> {
     let (mut table, flags) = (PML4.load(Ordering::Relaxed), FLAGS.load(Ordering::Relaxed));
-    for shift in [39, 30, 21] {
+    for shift in [39, 30] {
         let index = (addr >> shift) & 511;
-        // SAFETY: `table` is a live identity-mapped table; entries above RAM
-        // are never huge pages.
+        // SAFETY: `table` is a live identity-mapped table; above RAM, only
+        // directory entries are ever blocks.
         table = unsafe {
-            let slot = entry(table, index);
-            if *slot & PRESENT == 0 && !create {
+            if *entry(table, index) & PRESENT == 0 && !create {
                 return None;
             }
             next_table(&mut heap_table, table, index, flags)
         };
     }
-    // SAFETY: as above, `table` is a last-level table.
-    Some(unsafe { entry(table, (addr >> 12) & 511) })
+    // SAFETY: `table` is a live page directory.
+    Some(unsafe { entry(table, (addr >> 21) & 511) })
 }
 
-/// How many bytes from `addr`'s aligned block down have no page tables at
-/// all (a whole 512 GiB, 1 GiB or 2 MiB block), or 0 when a last-level table
-/// covers `addr`: lets a walk over a 4 GiB reservation skip what was never
-/// mapped instead of looking up a million pages.
-pub fn unmapped_span(addr: u64) -> u64 {
+/// The last-level entry for `addr`, made with its tables when `create`.
+/// Never inside a block: those are split first.
+fn leaf(addr: u64, create: bool) -> Option<*mut u64> {
+    let directory = directory_entry(addr, create)?;
+    // SAFETY: a live directory entry: a table, nothing, or (never here, see
+    // above) a block.
+    unsafe {
+        debug_assert!(*directory & HUGE == 0, "a 4 KiB page inside a 2 MiB block");
+        if *directory & PRESENT == 0 {
+            if !create {
+                return None;
+            }
+            *directory = heap_table() | FLAGS.load(Ordering::Relaxed);
+        }
+        Some(entry(*directory & ADDR_MASK, (addr >> 12) & 511))
+    }
+}
+
+pub fn lookup(addr: u64) -> Lookup {
     let mut table = PML4.load(Ordering::Relaxed);
     for shift in [39, 30, 21] {
-        // SAFETY: `table` is a live identity-mapped table; entries above RAM
-        // are never huge pages.
+        // SAFETY: `table` is a live identity-mapped table.
         let pte = unsafe { *entry(table, (addr >> shift) & 511) };
+        if shift == 21 && pte & HUGE != 0 {
+            return Lookup::Block { frame: pte & ADDR_MASK };
+        }
         if pte & PRESENT == 0 {
-            return 1 << shift;
+            return Lookup::Unmapped { span: 1 << shift };
         }
         table = pte & ADDR_MASK;
     }
-    0
+    // SAFETY: `table` is a live last-level table.
+    let pte = unsafe { *entry(table, (addr >> 12) & 511) };
+    Lookup::Page { frame: (pte & ADDR_MASK != 0).then_some(pte & ADDR_MASK) }
 }
 
-/// The frame behind the page at `addr`, whatever its access.
-pub fn frame(addr: u64) -> Option<u64> {
-    // SAFETY: `leaf` points into a live table.
-    let pte = unsafe { *leaf(addr, false)? };
-    (pte & ADDR_MASK != 0).then_some(pte & ADDR_MASK)
-}
-
-/// Points the page at `addr` to `frame` with `access`. Returns whether a
-/// translation the CPU may have cached changed (then `flush_all` is due).
-pub fn set_page(addr: u64, frame: u64, access: Access) -> bool {
+fn access_bits(access: Access) -> u64 {
     let flags = FLAGS.load(Ordering::Relaxed) & !WRITABLE;
-    let bits = match access {
+    match access {
         Access::None => 0,
         Access::Read => flags | NO_EXECUTE,
         Access::ReadWrite => flags | WRITABLE | NO_EXECUTE,
         Access::ReadExecute => flags,
-    };
-    let slot = leaf(addr, true).expect("tables are made on demand");
-    // SAFETY: `slot` is a live last-level entry for an address above RAM,
-    // which nothing but this module's callers maps.
-    unsafe {
-        let was_present = *slot & PRESENT != 0;
-        *slot = (frame & ADDR_MASK) | bits;
-        was_present
     }
+}
+
+/// Writes `value` to `slot` and says whether the old entry was present, so
+/// that a translation the CPU may have cached changed (then `flush_all` is
+/// due).
+///
+/// # Safety
+/// `slot` must be a live entry for an address above RAM, which nothing but
+/// vmem.rs maps.
+unsafe fn replace(slot: *mut u64, value: u64) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::ptr::replace(slot, value) & PRESENT != 0 }
+}
+
+/// Points the page at `addr` to `frame` with `access`; true when a
+/// flush is due.
+pub fn set_page(addr: u64, frame: u64, access: Access) -> bool {
+    let slot = leaf(addr, true).expect("tables are made on demand");
+    // SAFETY: a last-level entry above RAM.
+    unsafe { replace(slot, (frame & ADDR_MASK) | access_bits(access)) }
+}
+
+/// Points the 2 MiB block at `addr` (aligned, with no table under it) to
+/// the 2 MiB frame `frame` with `access`; true when a flush is due. The
+/// block keeps its HUGE bit while not present, so that `lookup` still
+/// knows it for one.
+pub fn set_block(addr: u64, frame: u64, access: Access) -> bool {
+    let slot = directory_entry(addr, true).expect("tables are made on demand");
+    // SAFETY: a directory entry above RAM: empty or a block, never a table
+    // (vmem.rs maps a block only where `lookup` found none).
+    unsafe { replace(slot, (frame & ADDR_MASK) | access_bits(access) | HUGE) }
 }
 
 /// Unmaps the page at `addr` and returns its frame, if it had one.
@@ -232,4 +277,30 @@ pub fn clear_page(addr: u64) -> Option<u64> {
     // SAFETY: as in `set_page`.
     let pte = unsafe { core::ptr::replace(slot, 0) };
     (pte & ADDR_MASK != 0).then_some(pte & ADDR_MASK)
+}
+
+/// Unmaps the block at `addr` and returns its frame.
+pub fn clear_block(addr: u64) -> Option<u64> {
+    let slot = directory_entry(addr, false)?;
+    // SAFETY: as in `set_block`.
+    let pde = unsafe { core::ptr::replace(slot, 0) };
+    (pde & HUGE != 0).then_some(pde & ADDR_MASK)
+}
+
+/// Turns the block at `addr` into 512 pages with the same frames and
+/// access, so that part of it can change.
+pub fn split_block(addr: u64) {
+    let slot = directory_entry(addr, false).expect("a block to split");
+    // SAFETY: a directory entry above RAM holding a block; the new table
+    // maps the same frames with the same bits before it replaces the block.
+    unsafe {
+        let block = *slot;
+        debug_assert!(block & HUGE != 0);
+        let table = heap_table();
+        for i in 0..512 {
+            *entry(table, i) = ((block & ADDR_MASK) + i * PAGE) | (block & !(ADDR_MASK | HUGE));
+        }
+        let flags = FLAGS.load(Ordering::Relaxed);
+        *slot = table | flags;
+    }
 }

@@ -45,6 +45,7 @@ pub fn run(spec: &[u8], cmdline: &[u8]) {
         b"pic" => pic(),
         b"sleep" => sleep(number()),
         b"oom" => exhaust_memory(),
+        b"vmem" => vmem(),
         b"cpu" => cpu(number()),
         b"blk-sum" => blk_sum(disk(cmdline, number())),
         b"blk-write" => blk_write(disk(cmdline, number())),
@@ -100,6 +101,40 @@ fn fault(kind: &[u8]) {
             ),
         }
     }
+}
+
+/// vmem's blocks and pages keep what was written through every change of
+/// access, a block split by a change to part of it included, and come back
+/// zeroed after a release. Prints "vmem: ok" or panics with what differed.
+fn vmem() {
+    use crate::vmem::{protect, release, reserve, PAGE};
+    const MIB: u64 = 1 << 20;
+    let base = reserve(8 * MIB).expect("address space").next_multiple_of(2 * MIB);
+    let word = |addr: u64| addr as *mut u64;
+    // SAFETY (all the reads and writes below): each address lies in a page
+    // this function has just made readable, or readable and writable.
+    unsafe {
+        protect(base, 4 * MIB, Access::ReadWrite).expect("two whole blocks");
+        for i in 0..(4 * MIB / PAGE) {
+            assert_eq!(word(base + i * PAGE).read(), 0, "a fresh page is zeroed");
+            word(base + i * PAGE).write(i);
+        }
+        // Part of the first block: it is split, the rest keeps its access.
+        protect(base + PAGE, PAGE, Access::None).expect("one page");
+        protect(base + 2 * PAGE, PAGE, Access::Read).expect("one page");
+        protect(base + PAGE, PAGE, Access::ReadWrite).expect("one page");
+        for i in 0..(4 * MIB / PAGE) {
+            assert_eq!(word(base + i * PAGE).read(), i, "page {i} kept its contents");
+        }
+        word(base + 3 * PAGE).write(7);
+        // Released, then mapped again: fresh zeroed frames.
+        release(base, 4 * MIB).expect("the range");
+        protect(base, 4 * MIB, Access::ReadWrite).expect("two whole blocks");
+        for i in 0..(4 * MIB / PAGE) {
+            assert_eq!(word(base + i * PAGE).read(), 0, "page {i} is zeroed again");
+        }
+    }
+    print(format_args!("vmem: ok\n"));
 }
 
 /// A page above RAM with the given access, as wasmtime's memories get them.

@@ -1,6 +1,6 @@
-//! Virtual memory above RAM, page by page: address ranges are reserved
-//! (nothing mapped: any access faults), then pages in them get zeroed frames
-//! from the heap and a protection. Linear memories live here (each a 4 GiB
+//! Virtual memory above RAM: address ranges are reserved (nothing mapped:
+//! any access faults), then pages in them get zeroed frames from the heap
+//! and a protection, 4 KiB pages or whole 2 MiB blocks. Linear memories live here (each a 4 GiB
 //! reservation whose unmapped pages are its bounds checks), and the page
 //! protections make out-of-bounds accesses fault instead of reading zeros.
 //!
@@ -8,9 +8,11 @@
 //! RAM ends as any other allocation failure does: "out of memory".
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
-use core::sync::atomic::{AtomicU64, Ordering};
+use alloc::collections::BTreeMap;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::paging::{self, Access};
+use crate::paging::{self, Access, Lookup, BLOCK};
 
 pub const PAGE: u64 = 4096;
 
@@ -28,10 +30,6 @@ pub enum VmemError {
     BadRange,
     /// No address space left to reserve.
     Exhausted,
-}
-
-fn frame_layout() -> Layout {
-    Layout::from_size_align(PAGE as usize, PAGE as usize).expect("page layout")
 }
 
 /// The end of a page-aligned range inside the region.
@@ -58,41 +56,39 @@ pub fn reserve(len: u64) -> Result<u64, VmemError> {
     Ok(addr)
 }
 
-/// The pages of the range that may have a frame: blocks with no page
-/// tables at all are skipped whole.
-fn maybe_mapped(addr: u64, len: u64) -> Result<impl Iterator<Item = u64>, VmemError> {
-    let end = range_end(addr, len)?;
-    let mut next = addr;
-    Ok(core::iter::from_fn(move || {
-        while next < end {
-            let page = next;
-            match paging::unmapped_span(page) {
-                0 => {
-                    next += PAGE;
-                    return Some(page);
-                }
-                span => next = (page | (span - 1)) + 1,
-            }
-        }
-        None
-    }))
-}
-
 /// Sets the access of every page in the range; a page without a frame gets
 /// a zeroed one unless `access` is `None`. A page's contents survive a
-/// change of access, as with mprotect.
+/// change of access, as with mprotect. Where the range covers an aligned
+/// 2 MiB block with nothing mapped in it yet, the block is mapped whole:
+/// under PVM every page the guest touches first costs a fault, and a 2 MiB
+/// mapping (over RAM the host backs with huge pages) costs one instead of
+/// 512.
 pub fn protect(addr: u64, len: u64, access: Access) -> Result<(), VmemError> {
+    let end = range_end(addr, len)?;
     let mut flush = false;
-    if access == Access::None {
-        for page in maybe_mapped(addr, len)? {
-            if let Some(frame) = paging::frame(page) {
-                flush |= paging::set_page(page, frame, access);
+    let mut page = addr;
+    while page < end {
+        let whole_block = page.is_multiple_of(BLOCK) && end - page >= BLOCK;
+        match paging::lookup(page) {
+            Lookup::Block { frame } if whole_block => {
+                flush |= paging::set_block(page, frame, access);
+                page += BLOCK;
             }
-        }
-    } else {
-        for page in pages(addr, len)? {
-            let frame = paging::frame(page).unwrap_or_else(new_frame);
-            flush |= paging::set_page(page, frame, access);
+            Lookup::Block { frame } => split(page, frame),
+            Lookup::Unmapped { span } if access == Access::None => page = next_boundary(page, span),
+            Lookup::Unmapped { span } if whole_block && span >= BLOCK => {
+                paging::set_block(page, new_frames(BLOCK), access);
+                page += BLOCK;
+            }
+            Lookup::Page { frame: None } if access == Access::None => page += PAGE,
+            Lookup::Page { frame: Some(frame) } => {
+                flush |= paging::set_page(page, frame, access);
+                page += PAGE;
+            }
+            Lookup::Unmapped { .. } | Lookup::Page { frame: None } => {
+                paging::set_page(page, new_frames(PAGE), access);
+                page += PAGE;
+            }
         }
     }
     if flush {
@@ -115,16 +111,30 @@ pub fn alias(phys: u64, len: u64, access: Access) -> Result<u64, VmemError> {
     Ok(addr)
 }
 
-/// Gives every page in the range back to the heap; the range stays
+/// Gives every frame in the range back to the heap; the range stays
 /// reserved and faults on any access.
 pub fn release(addr: u64, len: u64) -> Result<(), VmemError> {
+    let end = range_end(addr, len)?;
     let mut flush = false;
-    for page in maybe_mapped(addr, len)? {
-        if let Some(frame) = paging::clear_page(page) {
-            // SAFETY: every frame in these tables came from `new_frame`, and
-            // its page no longer maps it.
-            unsafe { dealloc(frame as *mut u8, frame_layout()) };
-            flush = true;
+    let mut page = addr;
+    while page < end {
+        match paging::lookup(page) {
+            Lookup::Unmapped { span } => page = next_boundary(page, span),
+            Lookup::Block { .. } if page.is_multiple_of(BLOCK) && end - page >= BLOCK => {
+                if let Some(frame) = paging::clear_block(page) {
+                    free_frames(frame, BLOCK);
+                }
+                flush = true;
+                page += BLOCK;
+            }
+            Lookup::Block { frame } => split(page, frame),
+            Lookup::Page { .. } => {
+                if let Some(frame) = paging::clear_page(page) {
+                    free_page(frame);
+                    flush = true;
+                }
+                page += PAGE;
+            }
         }
     }
     if flush {
@@ -133,13 +143,82 @@ pub fn release(addr: u64, len: u64) -> Result<(), VmemError> {
     Ok(())
 }
 
-/// A zeroed frame from the heap. The heap's own failure path ends the job
-/// as out of memory, so this never returns without one.
-fn new_frame() -> u64 {
-    // SAFETY: a non-zero layout.
-    let frame = unsafe { alloc_zeroed(frame_layout()) };
-    if frame.is_null() {
-        alloc::alloc::handle_alloc_error(frame_layout());
+/// The first address past the aligned block of `span` bytes holding `addr`.
+fn next_boundary(addr: u64, span: u64) -> u64 {
+    (addr | (span - 1)) + 1
+}
+
+/// 2 MiB frames split into pages (`paging::split_block`), each with the
+/// count of its pages still mapped: the heap gave it as one allocation and
+/// takes it back as one, when the last page goes.
+struct SplitBlocks {
+    locked: AtomicBool,
+    blocks: UnsafeCell<BTreeMap<u64, u32>>,
+}
+
+// SAFETY: `blocks` is only reached with `locked` held.
+unsafe impl Sync for SplitBlocks {}
+
+impl SplitBlocks {
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<u64, u32>) -> R) -> R {
+        while self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::spin_loop();
+        }
+        // SAFETY: the lock is held, so this is the only reference.
+        let result = f(unsafe { &mut *self.blocks.get() });
+        self.locked.store(false, Ordering::Release);
+        result
     }
-    frame as u64
+}
+
+static SPLIT: SplitBlocks = SplitBlocks { locked: AtomicBool::new(false), blocks: UnsafeCell::new(BTreeMap::new()) };
+
+/// Splits the block holding `addr`, whose frame is `frame`, into pages.
+fn split(addr: u64, frame: u64) {
+    paging::split_block(addr & !(BLOCK - 1));
+    SPLIT.with(|blocks| blocks.insert(frame, (BLOCK / PAGE) as u32));
+    // The new table maps the same frames with the same access, so no
+    // cached translation is wrong: the next operation on a page decides.
+}
+
+fn free_page(frame: u64) {
+    let block = frame & !(BLOCK - 1);
+    // How many pages of its split block are left, if the page has one.
+    let left = SPLIT.with(|blocks| {
+        let mapped = blocks.get_mut(&block)?;
+        *mapped -= 1;
+        let left = *mapped;
+        if left == 0 {
+            blocks.remove(&block);
+        }
+        Some(left)
+    });
+    match left {
+        None => free_frames(frame, PAGE),
+        Some(0) => free_frames(block, BLOCK),
+        Some(_) => {}
+    }
+}
+
+fn frames_layout(size: u64) -> Layout {
+    Layout::from_size_align(size as usize, size as usize).expect("a page or a block")
+}
+
+/// `size` bytes (a page or a block) of zeroed, `size`-aligned frames from
+/// the heap. The heap's own failure path ends the job as out of memory, so
+/// this never returns without them.
+fn new_frames(size: u64) -> u64 {
+    // SAFETY: a non-zero layout.
+    let frames = unsafe { alloc_zeroed(frames_layout(size)) };
+    if frames.is_null() {
+        alloc::alloc::handle_alloc_error(frames_layout(size));
+    }
+    frames as u64
+}
+
+fn free_frames(frames: u64, size: u64) {
+    // SAFETY: every frame vmem maps came from `new_frames` with this size
+    // (a split block is freed whole, by `free_page`), and nothing maps it
+    // any more.
+    unsafe { dealloc(frames as *mut u8, frames_layout(size)) };
 }
