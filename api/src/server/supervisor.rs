@@ -812,6 +812,9 @@ exit 99
             store.insert(&launch(id, &[], None).record).unwrap();
             store.set_running(id, pid as i32, 2.0).unwrap();
         }
+        // What recover goes by: the orphan's environment names its job's
+        // directory (a dead daemon's children have long been running).
+        wait_until("the orphan's environment is readable", || runs_in(orphan.id() as i32, &old));
         assert_eq!(recover(&store, &state).unwrap(), 2);
         use std::os::unix::process::ExitStatusExt;
         let mut orphan_end = None;
