@@ -81,9 +81,10 @@ extern "C" fn kernel_main(boot_params: *const u8) -> ! {
     time::init(args.tsc_khz);
 
     if args.job {
-        // COM1 costs one exit per byte, and a job's command line is long
-        // (four device announcements): the short banner saves ~5 ms a job.
-        console::print(format_args!("mvm-guest {VERSION}: mode={} {} MiB RAM, job\n", mode.name(), boot.ram_mib()));
+        // COM1 costs one exit per byte: a job's banner is short (its command
+        // line, four device announcements, would cost ~5 ms) and deferred,
+        // printed only before a fault's, a panic's or another report.
+        console::defer(format_args!("mvm-guest {VERSION}: mode={} {} MiB RAM, job\n", mode.name(), boot.ram_mib()));
         job::run(boot.cmdline);
     }
     console::print(format_args!(
