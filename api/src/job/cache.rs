@@ -17,6 +17,7 @@
 //! within the cap. A reader keeps its open file: an entry evicted or
 //! replaced meanwhile stays readable to it.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -82,15 +83,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The length of the code, without the header.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The entry's path, its open file (at the code's first byte) and the
     /// code's length.
     pub fn into_parts(self) -> (PathBuf, File, u64) {
@@ -122,10 +114,7 @@ impl Cache {
 
     /// `$XDG_CACHE_HOME/mvm`, else `~/.cache/mvm`; `None` without either.
     pub fn default_root() -> Option<PathBuf> {
-        let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).filter(|p| p.is_absolute());
-        let base =
-            xdg.or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| Path::new(&h).join(".cache")));
-        base.map(|b| b.join("mvm"))
+        root_from(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
     }
 
     pub fn root(&self) -> &Path {
@@ -279,13 +268,24 @@ impl Cache {
         Ok(files)
     }
 
-    fn remove(&self, name: &str) -> Result<(), CacheError> {
+    /// Removes the file `name` of the entries directory; one already gone
+    /// (another process evicted it) is no error.
+    pub(crate) fn remove(&self, name: &str) -> Result<(), CacheError> {
         let path = self.entries_dir().join(name);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(CacheError::Remove { path, source: e }),
             _ => Ok(()),
         }
     }
+}
+
+/// The cache root for these values of XDG_CACHE_HOME and HOME: a relative
+/// XDG_CACHE_HOME is ignored, as the XDG specification says, and so is an
+/// empty HOME.
+pub(crate) fn root_from(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let xdg = xdg_cache_home.map(PathBuf::from).filter(|p| p.is_absolute());
+    let base = xdg.or_else(|| home.filter(|h| !h.is_empty()).map(|h| Path::new(&h).join(".cache")));
+    base.map(|b| b.join("mvm"))
 }
 
 /// Checks an entry's header against its contents; returns the code's

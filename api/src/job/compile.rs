@@ -90,19 +90,6 @@ pub enum CompiledModule {
     Cached(Entry),
 }
 
-impl CompiledModule {
-    pub fn len(&self) -> u64 {
-        match self {
-            CompiledModule::Fresh(bytes) => bytes.len() as u64,
-            CompiledModule::Cached(entry) => entry.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The fingerprint of everything about the compiling engine that shapes
 /// the code it produces; the engine itself is made only to compile.
 pub struct Compiler {
@@ -179,7 +166,7 @@ pub fn host_isa_flags() -> Vec<&'static str> {
     mvm_wasm_config::ISA_FEATURES.iter().filter(|(_, detect)| cpu_has(detect)).map(|(flag, _)| *flag).collect()
 }
 
-fn cpu_has(feature: &str) -> bool {
+pub(crate) fn cpu_has(feature: &str) -> bool {
     // The macro takes literals only.
     match feature {
         "sse3" => std::is_x86_feature_detected!("sse3"),

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::job::cache::{Cache, CacheError, Key};
+use crate::job::cache::{root_from, Cache, CacheError, Key};
 
 const HEADER: u64 = 48;
 
@@ -158,6 +158,14 @@ fn the_least_recently_used_entries_go_first() {
 }
 
 #[test]
+fn code_that_fills_the_cap_exactly_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::new(tmp.path().to_path_buf(), (1 << 20) + HEADER);
+    cache.put(&key(1), &code(1, 1 << 20)).unwrap();
+    assert_eq!(read(&cache, &key(1)).unwrap(), code(1, 1 << 20));
+}
+
+#[test]
 fn code_larger_than_the_cap_is_not_written() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = Cache::new(tmp.path().to_path_buf(), 1 << 20);
@@ -209,4 +217,33 @@ fn clear_removes_everything() {
     assert_eq!(cache.clear().unwrap(), 3);
     assert!(names(&cache.entries_dir()).is_empty());
     assert!(cache.get(&key(1)).is_none());
+}
+
+#[test]
+fn the_root_is_xdg_cache_home_else_home_dot_cache() {
+    let some = |s: &str| Some(std::ffi::OsString::from(s));
+    assert_eq!(root_from(some("/x"), some("/h")), Some("/x/mvm".into()));
+    assert_eq!(root_from(some("rel"), some("/h")), Some("/h/.cache/mvm".into()), "a relative XDG path is ignored");
+    assert_eq!(root_from(None, some("/h")), Some("/h/.cache/mvm".into()));
+    assert_eq!(root_from(None, some("")), None, "an empty HOME is none");
+    assert_eq!(root_from(None, None), None);
+    // And this process's own environment is what decides.
+    let env = root_from(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"));
+    assert!(env.is_some(), "the tests run with HOME set");
+    assert_eq!(Cache::default_root(), env);
+}
+
+#[test]
+fn removing_an_entry_already_gone_is_no_error_but_a_failed_removal_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::new(tmp.path().to_path_buf(), 1 << 30);
+    cache.put(&key(1), &code(1, 100)).unwrap();
+    let name = |k: &Key| entry_file(&cache, k).file_name().unwrap().to_str().unwrap().to_owned();
+    cache.remove(&name(&key(1))).unwrap();
+    assert!(read(&cache, &key(1)).is_none());
+    cache.remove(&name(&key(1))).unwrap();
+    // A directory where an entry's file would be cannot be removed as one
+    // (root bypasses permissions, so this is the failure a test can make).
+    fs::create_dir(entry_file(&cache, &key(2))).unwrap();
+    assert!(matches!(cache.remove(&name(&key(2))), Err(CacheError::Remove { .. })));
 }
