@@ -191,6 +191,12 @@ fn the_minimum_memory_counts_every_memory() {
     assert_eq!(min_memory_bytes(&wasm(both)), Some(10 * page));
     assert_eq!(min_memory_bytes(&wasm("(module (memory 65536))")), Some(65536 * page));
     assert_eq!(min_memory_bytes(b"\0asm\x01\0\0\0\x05\x03\x01"), None, "a cut memory section");
+    // Memories come before code, which is not read: a module cut inside its
+    // code still says what memory it needs (and is refused for that before
+    // a compiler spends time on it).
+    let module = wasm("(module (memory 9) (func (drop (i32.add (i32.const 1) (i32.const 2)))))");
+    let cut = &module[..module.len() - 3];
+    assert_eq!(min_memory_bytes(cut), Some(9 * page));
 }
 
 #[test]
