@@ -36,8 +36,9 @@ pub const DEFAULT_MAX_MIB: u64 = 1024;
 const ENTRIES_DIR: &str = "compiled";
 const SUFFIX: &str = ".cwasm";
 const TEMP_PREFIX: &str = ".tmp-";
-/// A temporary file this old belongs to a writer that died (a writer takes
-/// seconds), so eviction removes it.
+const LOCK_PREFIX: &str = ".lock-";
+/// A temporary or lock file this old belongs to a writer that died (a
+/// writer takes seconds), so eviction removes it.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 const MAGIC: [u8; 8] = *b"mvmcode1";
@@ -56,6 +57,29 @@ pub enum CacheError {
     Remove { path: PathBuf, source: io::Error },
     #[error("{size} bytes of compiled code is more than the cache's cap of {} MiB (--cache-max-mib)", .max >> 20)]
     TooLarge { size: u64, max: u64 },
+}
+
+/// Held while compiling one key (see [`Cache::lock_compile`]). Dropped, it
+/// removes its lock file (still holding the lock, so a waiter that opened
+/// it takes the lock next and finds the code) and the cache's directories
+/// if they are empty: a module that failed to compile leaves nothing. A
+/// process that comes just then makes a new lock file and may compile in
+/// parallel with that waiter: duplicate work, never a wrong entry.
+pub struct CompileLock {
+    path: PathBuf,
+    /// The directories `lock_compile` made, innermost first.
+    made: Vec<PathBuf>,
+    _file: File,
+}
+
+impl Drop for CompileLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        for dir in &self.made {
+            // Only if still empty: a cache with entries stays.
+            let _ = fs::remove_dir(dir);
+        }
+    }
 }
 
 /// A cache key: the SHA-256 of a module and the engine that compiles it.
@@ -162,6 +186,33 @@ impl Cache {
         }
     }
 
+    /// Waits until no other process is compiling `key` for this cache, and
+    /// keeps others waiting until the returned lock is dropped: a daemon
+    /// that starts many jobs of one module at once compiles it once, and
+    /// the others find it here. `None` (compile without waiting: only
+    /// duplicate work) when the lock file cannot be had.
+    pub fn lock_compile(&self, key: &Key) -> Option<CompileLock> {
+        let dir = self.entries_dir();
+        let path = dir.join(format!("{LOCK_PREFIX}{key}"));
+        let made: Vec<PathBuf> = [dir.clone(), self.root.clone()].into_iter().filter(|d| !d.exists()).collect();
+        let locked = DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| File::options().create(true).truncate(false).write(true).open(&path))
+            .and_then(|file| {
+                rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+                Ok(file)
+            });
+        match locked {
+            Ok(file) => Some(CompileLock { path, made, _file: file }),
+            Err(e) => {
+                debug!("compiling without the cache's lock {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
     /// Stores `code` under `key`, then evicts least recently used entries
     /// while the cache is over its cap.
     pub fn put(&self, key: &Key, code: &[u8]) -> Result<(), CacheError> {
@@ -230,7 +281,7 @@ impl Cache {
         for (name, meta) in self.files()? {
             let stale =
                 meta.modified().ok().and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age > STALE_TEMP);
-            if name.starts_with(TEMP_PREFIX) && stale {
+            if (name.starts_with(TEMP_PREFIX) || name.starts_with(LOCK_PREFIX)) && stale {
                 self.remove(&name)?;
             }
         }

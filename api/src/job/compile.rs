@@ -268,6 +268,13 @@ pub fn prepare(path: &Path, memory_mib: u64, cache: Option<&Cache>) -> Result<Co
         info!(module = %path.display(), key = %key, "compiled code found in the cache");
         return Ok(CompiledModule::Cached(entry));
     }
+    // Held until the code is in the cache: whoever else wants it meanwhile
+    // waits here, then finds it.
+    let lock = cache.and_then(|c| c.lock_compile(&key));
+    if let Some(entry) = lock.as_ref().and(cache).and_then(|c| c.get(&key)) {
+        info!(module = %path.display(), key = %key, "compiled code found in the cache, compiled meanwhile by another job");
+        return Ok(CompiledModule::Cached(entry));
+    }
 
     info!("compiling {} ({:.1} MiB) with Cranelift", path.display(), wasm.len() as f64 / MIB as f64);
     let started = Instant::now();
@@ -279,5 +286,6 @@ pub fn prepare(path: &Path, memory_mib: u64, cache: Option<&Cache>) -> Result<Co
             warn!("compiled code not cached (the job runs all the same): {e}");
         }
     }
+    drop(lock);
     Ok(CompiledModule::Fresh(code))
 }

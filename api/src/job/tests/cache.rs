@@ -247,3 +247,19 @@ fn removing_an_entry_already_gone_is_no_error_but_a_failed_removal_is() {
     fs::create_dir(entry_file(&cache, &key(2))).unwrap();
     assert!(matches!(cache.remove(&name(&key(2))), Err(CacheError::Remove { .. })));
 }
+
+#[test]
+fn a_compile_lock_leaves_no_file_and_only_removes_directories_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::new(tmp.path().join("cache"), 1 << 30);
+    drop(cache.lock_compile(&key(1)).unwrap());
+    assert!(!tmp.path().join("cache").exists(), "nothing is left of a compile that stored nothing");
+    // A cache directory the user made stays, empty or not.
+    fs::create_dir(tmp.path().join("cache")).unwrap();
+    drop(cache.lock_compile(&key(1)).unwrap());
+    assert_eq!(names(&tmp.path().join("cache")), Vec::<String>::new());
+    let lock = cache.lock_compile(&key(1)).unwrap();
+    cache.put(&key(1), &code(1, 10)).unwrap();
+    drop(lock);
+    assert_eq!(names(&cache.entries_dir()), [format!("{}.cwasm", key(1))]);
+}

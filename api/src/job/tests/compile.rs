@@ -134,6 +134,28 @@ fn a_module_that_grows_past_the_cap_while_read_is_refused() {
     writer.join().unwrap();
 }
 
+/// Jobs of one module started at once (a daemon's) compile it once: the
+/// others wait for that compile and take its code from the cache.
+#[test]
+fn a_module_wanted_by_several_at_once_is_compiled_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path(), "m.wat", HELLO);
+    let cache = std::sync::Arc::new(Cache::new(tmp.path().join("cache"), 1 << 30));
+    let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let compiles: Vec<_> = (0..4)
+        .map(|_| {
+            let (path, cache, start) = (path.clone(), cache.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                matches!(prepare(&path, 16, Some(&cache)).unwrap(), CompiledModule::Fresh(_))
+            })
+        })
+        .collect();
+    let fresh = compiles.into_iter().map(|t| t.join().unwrap()).filter(|fresh| *fresh).count();
+    assert_eq!(fresh, 1, "compiled once, found three times");
+    assert_eq!(cache.entries().unwrap().len(), 1);
+}
+
 #[test]
 fn wat_is_assembled_and_wasm_is_checked() {
     let tmp = tempfile::tempdir().unwrap();
