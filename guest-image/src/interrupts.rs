@@ -11,7 +11,7 @@
 use core::arch::{asm, global_asm};
 use core::mem::size_of;
 use core::ptr::addr_of;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::gdt::{DOUBLE_FAULT_IST, KERNEL_CS};
 
@@ -173,6 +173,7 @@ const PAGE_FAULT: u64 = 14;
 pub type TrapHandler = extern "C" fn(usize, usize, bool, usize);
 
 static TRAP_HANDLER: AtomicUsize = AtomicUsize::new(0);
+static IN_TRAP_HANDLER: AtomicBool = AtomicBool::new(false);
 
 pub fn set_trap_handler(handler: TrapHandler) {
     TRAP_HANDLER.store(handler as usize, Ordering::Release);
@@ -185,9 +186,18 @@ fn offer_to_trap_handler(vector: u64, rip: u64, rbp: u64, cr2: u64) {
     if handler == 0 || ![DIVIDE_ERROR, INVALID_OPCODE, PAGE_FAULT].contains(&vector) {
         return;
     }
+    // A fault inside the handler itself is reported as it is, not offered
+    // again (which would recurse into a double fault). The flag stays set
+    // when the handler does not return (a wasm trap: it resumes the call
+    // into wasm, which returns the trap, and the job ends with it), so no
+    // fault after a trap is offered.
+    if IN_TRAP_HANDLER.swap(true, Ordering::AcqRel) {
+        return;
+    }
     // SAFETY: only `set_trap_handler` stores a non-zero value, a TrapHandler.
     let handler: TrapHandler = unsafe { core::mem::transmute::<usize, TrapHandler>(handler) };
     handler(rip as usize, rbp as usize, vector == PAGE_FAULT, cr2 as usize);
+    IN_TRAP_HANDLER.store(false, Ordering::Release);
 }
 
 extern "C" fn fault_entry(frame: &FaultFrame, rbp: u64) -> ! {

@@ -115,6 +115,17 @@ unsafe impl GlobalAlloc for GuestHeap {
     }
 }
 
+/// Zeroed memory from the heap, or `None` where the global allocator would
+/// end the guest: for callers that have a smaller way to go (vmem maps
+/// pages when no 2 MiB block is left). Freed with `dealloc`, as any heap
+/// allocation.
+pub fn try_alloc_zeroed(layout: Layout) -> Option<u64> {
+    let ptr = HEAP.with(|heap| heap.allocate_first_fit(layout)).ok()?;
+    // SAFETY: the heap just gave these `layout.size()` bytes to us alone.
+    unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, layout.size()) };
+    Some(ptr.as_ptr() as u64)
+}
+
 fn out_of_memory(layout: Layout) -> ! {
     let (size, used) = HEAP.with(|heap| (heap.size(), heap.used()));
     crate::console::print(format_args!(

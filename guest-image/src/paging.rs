@@ -1,9 +1,9 @@
 //! The guest's own page tables: all RAM identity-mapped with 2 MiB pages,
 //! except the first 2 MiB and the 2 MiB around the boot stack, which get
 //! 4 KiB pages so that the page at 0 (null) and the page below the stack (a
-//! guard) can stay unmapped. Above RAM, 4 KiB pages
-//! mapped one by one with their own protections (see vmem.rs). Under PVM
-//! every entry carries the U/S bit, as the VMM's boot tables do (see pvm.rs).
+//! guard) can stay unmapped. Above RAM, 4 KiB pages and 2 MiB blocks mapped
+//! one by one with their own access (see vmem.rs). Under PVM every entry
+//! carries the U/S bit, as the VMM's boot tables do (see pvm.rs).
 
 use alloc::alloc::{alloc_zeroed, Layout};
 use core::arch::asm;
@@ -151,7 +151,7 @@ pub fn flush_all() {
     unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
 }
 
-/// How a 4 KiB page above RAM may be used.
+/// How a page or block above RAM may be used.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Access {
     /// Not at all: any access faults, the frame (if any) is kept.
@@ -201,7 +201,8 @@ fn leaf(addr: u64, create: bool) -> Option<*mut u64> {
     // SAFETY: a live directory entry: a table, nothing, or (never here, see
     // above) a block.
     unsafe {
-        debug_assert!(*directory & HUGE == 0, "a 4 KiB page inside a 2 MiB block");
+        // A block's frame taken for a table would be written as one.
+        assert!(*directory & HUGE == 0, "a 4 KiB page inside a 2 MiB block");
         if *directory & PRESENT == 0 {
             if !create {
                 return None;
@@ -266,6 +267,10 @@ pub fn set_page(addr: u64, frame: u64, access: Access) -> bool {
 /// knows it for one.
 pub fn set_block(addr: u64, frame: u64, access: Access) -> bool {
     let slot = directory_entry(addr, true).expect("tables are made on demand");
+    // SAFETY: a live directory entry.
+    let current = unsafe { *slot };
+    // A table there (pages, or a split block) would be lost with its frames.
+    assert!(current & PRESENT == 0 || current & HUGE != 0, "a 2 MiB block over a page table");
     // SAFETY: a directory entry above RAM: empty or a block, never a table
     // (vmem.rs maps a block only where `lookup` found none).
     unsafe { replace(slot, (frame & ADDR_MASK) | access_bits(access) | HUGE) }

@@ -46,14 +46,18 @@ fn pages(addr: u64, len: u64) -> Result<impl Iterator<Item = u64>, VmemError> {
 }
 
 /// Reserves `len` bytes of address space: nothing is mapped yet.
+/// Ranges of a block or more start on a block boundary, so that their
+/// memory can be mapped in whole blocks.
 pub fn reserve(len: u64) -> Result<u64, VmemError> {
     let len = len.checked_next_multiple_of(PAGE).ok_or(VmemError::BadRange)?;
-    let addr = NEXT
+    let align = if len >= BLOCK { BLOCK } else { PAGE };
+    let start = |next: u64| next.checked_next_multiple_of(align);
+    let previous = NEXT
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
-            next.checked_add(len).filter(|end| *end <= REGION_END)
+            start(next)?.checked_add(len).filter(|end| *end <= REGION_END)
         })
         .map_err(|_| VmemError::Exhausted)?;
-    Ok(addr)
+    start(previous).ok_or(VmemError::Exhausted)
 }
 
 /// Sets the access of every page in the range; a page without a frame gets
@@ -76,17 +80,25 @@ pub fn protect(addr: u64, len: u64, access: Access) -> Result<(), VmemError> {
             }
             Lookup::Block { frame } => split(page, frame),
             Lookup::Unmapped { span } if access == Access::None => page = next_boundary(page, span),
-            Lookup::Unmapped { span } if whole_block && span >= BLOCK => {
-                paging::set_block(page, new_frames(BLOCK), access);
-                page += BLOCK;
-            }
+            // A block needs 2 MiB of contiguous, aligned heap; on a heap too
+            // fragmented for that, pages do.
+            Lookup::Unmapped { .. } if whole_block => match crate::memory::try_alloc_zeroed(frames_layout(BLOCK)) {
+                Some(frames) => {
+                    paging::set_block(page, frames, access);
+                    page += BLOCK;
+                }
+                None => {
+                    paging::set_page(page, new_page(), access);
+                    page += PAGE;
+                }
+            },
             Lookup::Page { frame: None } if access == Access::None => page += PAGE,
             Lookup::Page { frame: Some(frame) } => {
                 flush |= paging::set_page(page, frame, access);
                 page += PAGE;
             }
             Lookup::Unmapped { .. } | Lookup::Page { frame: None } => {
-                paging::set_page(page, new_frames(PAGE), access);
+                paging::set_page(page, new_page(), access);
                 page += PAGE;
             }
         }
@@ -204,21 +216,21 @@ fn frames_layout(size: u64) -> Layout {
     Layout::from_size_align(size as usize, size as usize).expect("a page or a block")
 }
 
-/// `size` bytes (a page or a block) of zeroed, `size`-aligned frames from
-/// the heap. The heap's own failure path ends the job as out of memory, so
-/// this never returns without them.
-fn new_frames(size: u64) -> u64 {
+/// A zeroed frame from the heap. The heap's own failure path ends the job
+/// as out of memory, so this never returns without one.
+fn new_page() -> u64 {
     // SAFETY: a non-zero layout.
-    let frames = unsafe { alloc_zeroed(frames_layout(size)) };
-    if frames.is_null() {
-        alloc::alloc::handle_alloc_error(frames_layout(size));
+    let frame = unsafe { alloc_zeroed(frames_layout(PAGE)) };
+    if frame.is_null() {
+        alloc::alloc::handle_alloc_error(frames_layout(PAGE));
     }
-    frames as u64
+    frame as u64
 }
 
 fn free_frames(frames: u64, size: u64) {
-    // SAFETY: every frame vmem maps came from `new_frames` with this size
-    // (a split block is freed whole, by `free_page`), and nothing maps it
-    // any more.
+    // SAFETY: every frame vmem maps came from the heap with this size and
+    // alignment (a split block is freed whole, by `free_page`), and nothing
+    // maps it any more. `alias` views map frames vmem does not own, and are
+    // never released (see `alias`).
     unsafe { dealloc(frames as *mut u8, frames_layout(size)) };
 }

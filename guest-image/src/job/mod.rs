@@ -67,7 +67,8 @@ pub fn run(cmdline: &[u8]) -> ! {
 
 /// The compiled module runs where the job disk put it, through a view that
 /// is read-execute from the start (`code_view`): publishing has nothing left
-/// to do, and no page of it is ever writable and executable at once.
+/// to do. The view is never writable; the same frames stay writable only
+/// through the kernel's identity map of RAM, which wasm cannot address.
 struct InPlaceCode;
 
 impl CustomCodeMemory for InPlaceCode {

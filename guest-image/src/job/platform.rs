@@ -113,8 +113,12 @@ pub extern "C" fn wasmtime_tls_set(slot: usize, ptr: *mut u8) {
 /// (the names of `mvm_wasm_config::ISA_FEATURES`). `None` for names it does
 /// not know, which makes wasmtime refuse the code.
 pub fn detect_host_feature(name: &str) -> Option<bool> {
-    use core::arch::x86_64::{__cpuid, __cpuid_count};
-    let (leaf1, leaf7, ext1) = (__cpuid(1), __cpuid_count(7, 0), __cpuid(0x8000_0001));
+    use core::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};
+    // Leaves past the CPU's highest read as garbage: those count as zero.
+    let leaf =
+        |n: u32, max: u32| if n <= max { __cpuid_count(n, 0) } else { CpuidResult { eax: 0, ebx: 0, ecx: 0, edx: 0 } };
+    let (max, max_extended) = (__cpuid(0).eax, __cpuid(0x8000_0000).eax);
+    let (leaf1, leaf7, ext1) = (leaf(1, max), leaf(7, max), leaf(0x8000_0001, max_extended));
     let bit = |reg: u32, n: u32| Some(reg & (1 << n) != 0);
     match name {
         "sse3" => bit(leaf1.ecx, 0),
