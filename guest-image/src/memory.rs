@@ -74,28 +74,42 @@ impl Frames {
     }
 }
 
-struct GuestHeap {
+/// A lock for the guest's few shared statics. The guest runs on one vCPU,
+/// so it is never contended; it makes the exclusive access explicit.
+pub struct SpinLock<T> {
     locked: AtomicBool,
-    heap: UnsafeCell<Heap>,
+    value: UnsafeCell<T>,
 }
 
-// SAFETY: every access to `heap` happens with `locked` held.
-unsafe impl Sync for GuestHeap {}
+// SAFETY: every access to `value` happens with `locked` held.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
 
-impl GuestHeap {
-    fn with<R>(&self, f: impl FnOnce(&mut Heap) -> R) -> R {
+impl<T> SpinLock<T> {
+    pub const fn new(value: T) -> SpinLock<T> {
+        SpinLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         while self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             core::hint::spin_loop();
         }
         // SAFETY: the lock is held, so this is the only reference.
-        let result = f(unsafe { &mut *self.heap.get() });
+        let result = f(unsafe { &mut *self.value.get() });
         self.locked.store(false, Ordering::Release);
         result
     }
 }
 
+struct GuestHeap(SpinLock<Heap>);
+
+impl GuestHeap {
+    fn with<R>(&self, f: impl FnOnce(&mut Heap) -> R) -> R {
+        self.0.with(f)
+    }
+}
+
 #[global_allocator]
-static HEAP: GuestHeap = GuestHeap { locked: AtomicBool::new(false), heap: UnsafeCell::new(Heap::empty()) };
+static HEAP: GuestHeap = GuestHeap(SpinLock::new(Heap::empty()));
 
 // SAFETY: allocations come from the linked-list heap over RAM no one else
 // uses; a failed allocation does not return.
@@ -124,6 +138,19 @@ pub fn try_alloc_zeroed(layout: Layout) -> Option<u64> {
     // SAFETY: the heap just gave these `layout.size()` bytes to us alone.
     unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, layout.size()) };
     Some(ptr.as_ptr() as u64)
+}
+
+/// A zeroed 4 KiB frame from the heap (page tables, pages above RAM). The
+/// heap's failure path ends the guest as out of memory, so this never
+/// returns without one.
+pub fn zeroed_frame() -> u64 {
+    let layout = Layout::from_size_align(PAGE as usize, PAGE as usize).expect("page layout");
+    // SAFETY: a non-zero layout.
+    let frame = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    if frame.is_null() {
+        alloc::alloc::handle_alloc_error(layout);
+    }
+    frame as u64
 }
 
 fn out_of_memory(layout: Layout) -> ! {

@@ -5,7 +5,6 @@
 //! one by one with their own access (see vmem.rs). Under PVM every entry
 //! carries the U/S bit, as the VMM's boot tables do (see pvm.rs).
 
-use alloc::alloc::{alloc_zeroed, Layout};
 use core::arch::asm;
 use core::ptr::addr_of;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +21,7 @@ const USER: u64 = 1 << 2;
 const HUGE: u64 = 1 << 7;
 /// Honoured because the VMM sets EFER.NXE.
 const NO_EXECUTE: u64 = 1 << 63;
-const PAGE: u64 = 4096;
+pub const PAGE: u64 = 4096;
 const HUGE_PAGE: u64 = 2 << 20;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
@@ -114,13 +113,7 @@ pub fn init(frames: &mut Frames, ram_top: u64, pvm: bool) {
 /// A zeroed page-table frame from the heap, for tables made after boot;
 /// it lives as long as the mapping.
 fn heap_table() -> u64 {
-    let layout = Layout::from_size_align(PAGE as usize, PAGE as usize).expect("page layout");
-    // SAFETY: a non-zero layout.
-    let table = unsafe { alloc_zeroed(layout) };
-    if table.is_null() {
-        alloc::alloc::handle_alloc_error(layout);
-    }
-    table as u64
+    crate::memory::zeroed_frame()
 }
 
 /// Identity-maps a device's MMIO window (2 MiB pages, tables from the heap).

@@ -1,20 +1,20 @@
 //! Virtual memory above RAM: address ranges are reserved (nothing mapped:
 //! any access faults), then pages in them get zeroed frames from the heap
-//! and a protection, 4 KiB pages or whole 2 MiB blocks. Linear memories live here (each a 4 GiB
-//! reservation whose unmapped pages are its bounds checks), and the page
-//! protections make out-of-bounds accesses fault instead of reading zeros.
+//! and a protection, 4 KiB pages or whole 2 MiB blocks. Linear memories live
+//! here (each a 4 GiB reservation whose unmapped pages are its bounds
+//! checks), and the page protections make out-of-bounds accesses fault
+//! instead of reading zeros.
 //!
 //! Frames come from the heap, so a job whose memories grow past the guest's
 //! RAM ends as any other allocation failure does: "out of memory".
 
-use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::alloc::{dealloc, Layout};
 use alloc::collections::BTreeMap;
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::memory::{zeroed_frame, SpinLock};
+pub use crate::paging::PAGE;
 use crate::paging::{self, Access, Lookup, BLOCK};
-
-pub const PAGE: u64 = 4096;
 
 /// Far above any RAM the VMM gives a guest, in the lower half (PVM runs the
 /// guest natively only there), with 127 TiB of room: reservations are never
@@ -88,7 +88,7 @@ pub fn protect(addr: u64, len: u64, access: Access) -> Result<(), VmemError> {
                     page += BLOCK;
                 }
                 None => {
-                    paging::set_page(page, new_page(), access);
+                    paging::set_page(page, zeroed_frame(), access);
                     page += PAGE;
                 }
             },
@@ -98,7 +98,7 @@ pub fn protect(addr: u64, len: u64, access: Access) -> Result<(), VmemError> {
                 page += PAGE;
             }
             Lookup::Unmapped { .. } | Lookup::Page { frame: None } => {
-                paging::set_page(page, new_page(), access);
+                paging::set_page(page, zeroed_frame(), access);
                 page += PAGE;
             }
         }
@@ -163,27 +163,7 @@ fn next_boundary(addr: u64, span: u64) -> u64 {
 /// 2 MiB frames split into pages (`paging::split_block`), each with the
 /// count of its pages still mapped: the heap gave it as one allocation and
 /// takes it back as one, when the last page goes.
-struct SplitBlocks {
-    locked: AtomicBool,
-    blocks: UnsafeCell<BTreeMap<u64, u32>>,
-}
-
-// SAFETY: `blocks` is only reached with `locked` held.
-unsafe impl Sync for SplitBlocks {}
-
-impl SplitBlocks {
-    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<u64, u32>) -> R) -> R {
-        while self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            core::hint::spin_loop();
-        }
-        // SAFETY: the lock is held, so this is the only reference.
-        let result = f(unsafe { &mut *self.blocks.get() });
-        self.locked.store(false, Ordering::Release);
-        result
-    }
-}
-
-static SPLIT: SplitBlocks = SplitBlocks { locked: AtomicBool::new(false), blocks: UnsafeCell::new(BTreeMap::new()) };
+static SPLIT: SpinLock<BTreeMap<u64, u32>> = SpinLock::new(BTreeMap::new());
 
 /// Splits the block holding `addr`, whose frame is `frame`, into pages.
 fn split(addr: u64, frame: u64) {
@@ -214,17 +194,6 @@ fn free_page(frame: u64) {
 
 fn frames_layout(size: u64) -> Layout {
     Layout::from_size_align(size as usize, size as usize).expect("a page or a block")
-}
-
-/// A zeroed frame from the heap. The heap's own failure path ends the job
-/// as out of memory, so this never returns without one.
-fn new_page() -> u64 {
-    // SAFETY: a non-zero layout.
-    let frame = unsafe { alloc_zeroed(frames_layout(PAGE)) };
-    if frame.is_null() {
-        alloc::alloc::handle_alloc_error(frames_layout(PAGE));
-    }
-    frame as u64
 }
 
 fn free_frames(frames: u64, size: u64) {
