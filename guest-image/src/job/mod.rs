@@ -30,7 +30,7 @@ use crate::entropy::Entropy;
 use crate::virtio::blk::Blk;
 use crate::virtio::console::OutputStream;
 use crate::virtio::{self, DEVICE_BLOCK, DEVICE_CONSOLE};
-use wasi::{Output, State, Tsc};
+use wasi::{NoInput, Output, State, Tsc};
 
 enum Ending {
     Exit(u8),
@@ -52,7 +52,7 @@ pub fn run(cmdline: &[u8]) -> ! {
     let stderr = consoles.next().unwrap_or(Output::Com1);
 
     let job = tar::read_job(&mut job_disk).unwrap_or_else(|e| panic!("cannot read the job disk: {e:?}"));
-    let devices = Devices { job_disk, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
+    let devices = Devices { job_disk, stdin: NoInput, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
     let state = Wasi::new(job.args, job.env, job.inputs, devices);
     let (ending, mut state) = execute(job.module.leak(), state);
     state.flush_outputs();

@@ -23,6 +23,7 @@ pub struct Guest;
 
 impl Platform for Guest {
     type Disk = Blk;
+    type Input = NoInput;
     type Output = Output;
     type Clock = Tsc;
     type Entropy = Entropy;
@@ -49,6 +50,15 @@ impl mvm_wasi::Output for Output {
         if let Output::Console(stream) = self {
             stream.flush();
         }
+    }
+}
+
+/// Stdin when the VM has no stream for it: it has ended before it began.
+pub struct NoInput;
+
+impl mvm_wasi::Input for NoInput {
+    fn read(&mut self, _buf: &mut [u8]) -> usize {
+        0
     }
 }
 

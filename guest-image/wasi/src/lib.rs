@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod fs;
+pub mod fsimage;
 pub mod tar;
 pub mod wasi;
 
@@ -40,6 +41,14 @@ pub trait Output {
     fn flush(&mut self);
 }
 
+/// Where a job's stdin comes from.
+pub trait Input {
+    /// Fills the start of `buf` with the next bytes of the stream and says
+    /// how many; waits while none are available yet. 0 means the stream has
+    /// ended (or `buf` is empty).
+    fn read(&mut self, buf: &mut [u8]) -> usize;
+}
+
 /// Time, in nanoseconds.
 pub trait Clock {
     /// Since the Unix epoch.
@@ -60,6 +69,7 @@ pub trait Entropy {
 /// The devices one job's WASI functions run on.
 pub trait Platform {
     type Disk: BlockDevice;
+    type Input: Input;
     type Output: Output;
     type Clock: Clock;
     type Entropy: Entropy;

@@ -5,7 +5,7 @@
 
 use std::vec::Vec;
 
-use crate::{BlockDevice, Clock, Entropy, Output, Platform, SECTOR};
+use crate::{BlockDevice, Clock, Entropy, Input, Output, Platform, SECTOR};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DiskError {
@@ -58,6 +58,22 @@ impl BlockDevice for MemDisk {
         let span = self.span(sector, buf.len())?;
         self.data[span].copy_from_slice(buf);
         Ok(())
+    }
+}
+
+/// Stdin from bytes given up front, handed out at most `chunk` at a time
+/// (as a stream delivers them).
+pub struct Script {
+    pub data: Vec<u8>,
+    pub chunk: usize,
+}
+
+impl Input for Script {
+    fn read(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.chunk).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data.drain(..n);
+        n
     }
 }
 
@@ -116,6 +132,7 @@ pub struct Test;
 
 impl Platform for Test {
     type Disk = MemDisk;
+    type Input = Script;
     type Output = Recorder;
     type Clock = FakeClock;
     type Entropy = Counter;

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use crate::fs::{components, errno, Node};
 use crate::tar::InputFile;
-use crate::{BlockDevice, Clock, Entropy, Output, Platform, SECTOR};
+use crate::{BlockDevice, Clock, Entropy, Input, Output, Platform, SECTOR};
 
 const FILETYPE_CHARACTER_DEVICE: u8 = 2;
 const FILETYPE_DIRECTORY: u8 = 3;
@@ -46,6 +46,7 @@ enum Fd {
 /// The devices a job's WASI functions use, handed over by the platform.
 pub struct Devices<P: Platform> {
     pub job_disk: P::Disk,
+    pub stdin: P::Input,
     pub stdout: P::Output,
     pub stderr: P::Output,
     pub clock: P::Clock,
@@ -248,7 +249,15 @@ pub fn fd_read<P: Platform>(
     let iovs = iovecs(mem, iovs, count)?;
     let mut total = 0u32;
     match wasi.fd(fd)? {
-        Fd::Stdin => {}
+        Fd::Stdin => {
+            for (ptr, len) in iovs {
+                let n = wasi.devices.stdin.read(bytes_mut(mem, ptr, len)?);
+                total += n as u32;
+                if n < len as usize {
+                    break;
+                }
+            }
+        }
         Fd::InFile { index, pos } => {
             let (index, mut at) = (*index, *pos);
             for (ptr, len) in iovs {

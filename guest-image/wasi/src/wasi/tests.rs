@@ -6,7 +6,7 @@ use std::string::String;
 use std::vec::Vec;
 
 use super::*;
-use crate::testing::{Counter, FakeClock, MemDisk, Recorder, Test};
+use crate::testing::{Counter, FakeClock, MemDisk, Recorder, Script, Test};
 
 const MEM: usize = 0x1_0000;
 const END: u32 = MEM as u32;
@@ -44,6 +44,7 @@ fn job() -> T {
     ];
     let devices = Devices {
         job_disk: MemDisk::new(disk),
+        stdin: Script { data: b"line one\nline two\n".to_vec(), chunk: 5 },
         stdout: Recorder::default(),
         stderr: Recorder::default(),
         clock: FakeClock { monotonic: START_NS, wall_at_zero: WALL_AT_ZERO, sleeps: Vec::new() },
@@ -366,8 +367,12 @@ fn writes_and_reads_go_only_where_the_fd_allows() {
     assert_eq!(t.read(2, &[1]), Err(errno::BADF));
     assert_eq!(t.read(IN, &[1]), Err(errno::ISDIR));
     assert_eq!(t.read(OUT, &[1]), Err(errno::ISDIR));
-    // stdin is at its end.
-    assert_eq!(t.read(0, &[4]).unwrap(), (0, vec![vec![0xaa; 4]]));
+    // stdin delivers what its stream has (5 bytes at a time here), filling
+    // the next buffer only when the one before is full, then its end.
+    assert_eq!(t.read(0, &[4, 4]).unwrap(), (8, vec![b"line".to_vec(), b" one".to_vec()]));
+    assert_eq!(t.read(0, &[8, 4]).unwrap(), (5, vec![b"\nline\xaa\xaa\xaa".to_vec(), vec![0xaa; 4]]));
+    assert_eq!(t.read(0, &[16]).unwrap(), (5, vec![b" two\n\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa".to_vec()]));
+    assert_eq!(t.read(0, &[16]).unwrap().0, 0);
     assert!(t.w.devices.stdout.data.is_empty() && t.w.devices.stderr.data.is_empty());
 }
 
