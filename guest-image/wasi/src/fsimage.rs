@@ -16,7 +16,7 @@
 //! The metadata is little-endian throughout:
 //! `inode_count u64, mount_count u32`, then per mount
 //! `root u64, read_only u8`, then per inode
-//! `ino u64, mount u32, size u64, atim u64, mtim u64, ctim u64, kind u8` and
+//! `ino u64, mount u32, perm u16, size u64, atim u64, mtim u64, ctim u64, kind u8` and
 //! by kind: a file `extent_count u32` and per extent
 //! `logical u64, start u64, count u32`; a directory `entry_count u32` and per
 //! entry `name_len u16, name, ino u64`; a symlink `len u16, target`.
@@ -108,6 +108,10 @@ pub enum Kind {
 pub struct Inode {
     pub ino: u64,
     pub mount: u32,
+    /// Unix permission bits (0o7777 at most): WASI has none, so the guest
+    /// keeps them as they came and gives new files 0o644, new directories
+    /// 0o755; the host restores them when it copies a tree back.
+    pub perm: u16,
     /// A file's length in bytes (its data may end before it: the rest reads
     /// as zeros); a symlink's target length; 0 for a directory.
     pub size: u64,
@@ -191,6 +195,7 @@ pub enum FormatError {
         ino: u64,
     },
     BadSymlink(u64),
+    BadPerm(u64),
 }
 
 impl fmt::Display for FormatError {
@@ -219,6 +224,7 @@ impl fmt::Display for FormatError {
             FormatError::BadLinks(ino) => write!(f, "inode {ino}: named by the wrong number of entries"),
             FormatError::Unreachable(ino) => write!(f, "directory {ino} cannot be reached from the root"),
             FormatError::BadExtent { ino } => write!(f, "inode {ino}: an extent is empty, overlaps or lies outside"),
+            FormatError::BadPerm(ino) => write!(f, "inode {ino}: permission bits above 0o7777"),
             FormatError::BadSymlink(ino) => write!(f, "inode {ino}: symlink target empty, too long or with NUL"),
         }
     }
@@ -245,6 +251,7 @@ impl Metadata {
         for inode in &self.inodes {
             out.extend_from_slice(&inode.ino.to_le_bytes());
             out.extend_from_slice(&inode.mount.to_le_bytes());
+            out.extend_from_slice(&inode.perm.to_le_bytes());
             for n in [inode.size, inode.atim, inode.mtim, inode.ctim] {
                 out.extend_from_slice(&n.to_le_bytes());
             }
@@ -303,6 +310,10 @@ impl Metadata {
         for _ in 0..inode_count {
             let ino = r.u64()?;
             let mount = r.u32()?;
+            let perm = r.u16()?;
+            if perm > 0o7777 {
+                return Err(FormatError::BadPerm(ino));
+            }
             let (size, atim, mtim, ctim) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
             let kind = match r.u8()? {
                 KIND_FILE => {
@@ -330,7 +341,7 @@ impl Metadata {
                 }
                 kind => return Err(FormatError::BadKind { ino, kind }),
             };
-            inodes.push(Inode { ino, mount, size, atim, mtim, ctim, kind });
+            inodes.push(Inode { ino, mount, perm, size, atim, mtim, ctim, kind });
         }
         if !r.0.is_empty() {
             return Err(FormatError::TrailingBytes);

@@ -6,7 +6,7 @@ use super::*;
 const LIMITS: Limits = Limits { max_inodes: 100, max_extents: 100 };
 
 fn inode(ino: u64, mount: u32, kind: Kind) -> Inode {
-    Inode { ino, mount, size: 0, atim: 1, mtim: 2, ctim: 3, kind }
+    Inode { ino, mount, perm: 0o644, size: 0, atim: 1, mtim: 2, ctim: 3, kind }
 }
 
 fn dir(entries: &[(&str, u64)]) -> Kind {
@@ -146,6 +146,9 @@ fn limits_and_bad_bytes_are_refused() {
     assert_eq!(bad_kind[kind_at], KIND_FILE);
     bad_kind[kind_at] = 9;
     assert_eq!(Metadata::decode(&bad_kind, 10, LIMITS), Err(FormatError::BadKind { ino: 6, kind: 9 }));
+    let mut setuid_plus = sample();
+    setuid_plus.inodes[5].perm = 0o10000;
+    assert_eq!(Metadata::decode(&setuid_plus.encode(), 10, LIMITS), Err(FormatError::BadPerm(6)));
     let mut not_utf8 = sample();
     *kind_of(&mut not_utf8, 5) = Kind::Symlink("\u{e9}".to_string());
     let mut bytes = not_utf8.encode();
