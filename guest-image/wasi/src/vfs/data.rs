@@ -1,0 +1,424 @@
+//! File data: on the disk in extents, behind a write-back cache of whole
+//! blocks with a fixed budget.
+//!
+//! Writes land in the cache; image blocks are chosen only when dirty blocks
+//! are flushed (a file's dirty blocks all at once, when the cache needs room
+//! or at save), so data written in many small pieces still lands contiguous
+//! and goes out in requests of up to [`REQUEST_MAX`]. A file created,
+//! written and removed while cached never reaches the disk. Reads of data
+//! not cached fetch the rest of its extent (up to a request) in one go, the
+//! read-ahead that keeps sequential reading to one request per mebibyte;
+//! large reads skip the cache. Every disk transfer goes through the heap
+//! (frames and one staging buffer), never the caller's buffer.
+//!
+//! Space: a dirty block with no image block yet is counted as pending, and
+//! one is made dirty only while a free block (and the metadata's room for
+//! its extent) remains for every pending one, so a flush never runs out.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use super::{sectors, Body, Fs, META_EXTENT, REQUEST_BLOCKS, REQUEST_MAX};
+use crate::errno::{self, Errno};
+use crate::fsimage::BLOCK;
+use crate::BlockDevice;
+
+type Frame = Box<[u8; BLOCK]>;
+
+struct Slot {
+    data: Frame,
+    stamp: u64,
+    dirty: bool,
+    /// Dirty with no image block yet: one is allocated when it is flushed.
+    unmapped: bool,
+}
+
+pub struct Cache {
+    /// By (inode, block of the file).
+    slots: BTreeMap<(u64, u64), Slot>,
+    /// Least recently used first.
+    lru: BTreeMap<u64, (u64, u64)>,
+    stamp: u64,
+    capacity: usize,
+    spare: Vec<Frame>,
+    pending: u64,
+    /// Where whole requests are gathered; allocated at first use.
+    staging: Vec<u8>,
+    /// Fewer blocks than this are read through the cache (with read-ahead);
+    /// more go straight into the caller's buffer.
+    direct_min: u64,
+    read_ahead: u64,
+}
+
+/// The smallest cache: a few requests' worth, so read-ahead and flushes
+/// stay large.
+const CAPACITY_MIN: usize = 4 * REQUEST_BLOCKS as usize;
+
+impl Cache {
+    pub fn new(bytes: usize) -> Cache {
+        let capacity = (bytes / BLOCK).max(CAPACITY_MIN);
+        Cache {
+            slots: BTreeMap::new(),
+            lru: BTreeMap::new(),
+            stamp: 0,
+            capacity,
+            spare: Vec::new(),
+            pending: 0,
+            staging: Vec::new(),
+            direct_min: 16,
+            read_ahead: REQUEST_BLOCKS.min(capacity as u64 / 4),
+        }
+    }
+
+    pub fn pending_blocks(&self) -> u64 {
+        self.pending
+    }
+
+    /// Blocks held now (each a frame of the budget).
+    #[cfg(test)]
+    pub fn blocks(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn touch(&mut self, key: (u64, u64)) {
+        let slot = self.slots.get_mut(&key).expect("a cached block");
+        self.lru.remove(&slot.stamp);
+        self.stamp += 1;
+        slot.stamp = self.stamp;
+        self.lru.insert(self.stamp, key);
+    }
+
+    fn remove(&mut self, key: (u64, u64)) {
+        let slot = self.slots.remove(&key).expect("a cached block");
+        self.lru.remove(&slot.stamp);
+        if slot.dirty && slot.unmapped {
+            self.pending -= 1;
+        }
+        self.spare.push(slot.data);
+    }
+
+    fn frame(&mut self) -> Frame {
+        match self.spare.pop() {
+            Some(mut frame) => {
+                frame.fill(0);
+                frame
+            }
+            None => Box::new([0; BLOCK]),
+        }
+    }
+
+    fn staging(&mut self, len: usize) -> &mut [u8] {
+        if self.staging.is_empty() {
+            self.staging = alloc::vec![0; REQUEST_MAX];
+        }
+        &mut self.staging[..len]
+    }
+}
+
+impl<D: BlockDevice> Fs<D> {
+    /// The image block of a file's block, and how many blocks of the
+    /// extent follow from it (itself included).
+    fn mapping(&self, ino: u64, block: u64) -> Option<(u64, u64)> {
+        let Body::File(extents) = &self.nodes[&ino].body else { return None };
+        let (&logical, &(start, count)) = extents.range(..=block).next_back()?;
+        let end = logical + u64::from(count);
+        (block < end).then(|| (start + (block - logical), end - block))
+    }
+
+    fn add_extent(&mut self, ino: u64, logical: u64, start: u64, count: u64) {
+        let Body::File(extents) = &mut self.nodes.get_mut(&ino).expect("a live inode").body else {
+            unreachable!("extents belong to files")
+        };
+        let mut added = 1i64;
+        let (mut logical, mut start, mut count) = (logical, start, count);
+        if let Some((&l, &(s, c))) = extents.range(..logical).next_back() {
+            let c = u64::from(c);
+            if l + c == logical && s + c == start && c + count <= u64::from(u32::MAX) {
+                extents.remove(&l);
+                (logical, start, count) = (l, s, c + count);
+                added -= 1;
+            }
+        }
+        if let Some(&(s, c)) = extents.get(&(logical + count)) {
+            let c = u64::from(c);
+            if s == start + count && c + count <= u64::from(u32::MAX) {
+                extents.remove(&(logical + count));
+                count += c;
+                added -= 1;
+            }
+        }
+        extents.insert(logical, (start, count as u32));
+        self.meta_bytes = self.meta_bytes.wrapping_add_signed(added * META_EXTENT as i64);
+    }
+
+    /// Makes room for one more block in the cache, flushing the least
+    /// recently used block's file if that block is dirty.
+    fn make_room(&mut self) -> Result<(), Errno> {
+        while self.cache.slots.len() >= self.cache.capacity {
+            let (_, &key) = self.cache.lru.first_key_value().expect("a full cache holds blocks");
+            if self.cache.slots[&key].dirty {
+                self.flush_file(key.0)?;
+            }
+            self.cache.remove(key);
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, key: (u64, u64), data: Frame) {
+        self.cache.stamp += 1;
+        let stamp = self.cache.stamp;
+        self.cache.lru.insert(stamp, key);
+        self.cache.slots.insert(key, Slot { data, stamp, dirty: false, unmapped: false });
+    }
+
+    /// Brings a mapped block into the cache, with what follows it in its
+    /// extent (up to the read-ahead, the file's end or a block already cached).
+    fn fetch(&mut self, ino: u64, block: u64, start: u64, run: u64) -> Result<(), Errno> {
+        let file_blocks = self.nodes[&ino].size.div_ceil(BLOCK as u64);
+        let mut count = run.min(self.cache.read_ahead).min(file_blocks.saturating_sub(block)).max(1);
+        if let Some((&(_, cached), _)) = self.cache.slots.range((ino, block)..(ino, block + count)).next() {
+            count = cached - block;
+        }
+        let len = count as usize * BLOCK;
+        let disk = &mut self.disk;
+        disk.read(sectors(start), self.cache.staging(len)).map_err(|_| errno::IO)?;
+        for i in 0..count {
+            self.make_room()?;
+            let mut frame = self.cache.frame();
+            let at = i as usize * BLOCK;
+            frame.copy_from_slice(&self.cache.staging[at..at + BLOCK]);
+            self.insert((ino, block + i), frame);
+        }
+        Ok(())
+    }
+
+    /// Reads from byte `offset` of a file; returns how many bytes (0 at or
+    /// past its end). Holes read as zeros.
+    pub fn read(&mut self, ino: u64, offset: u64, buf: &mut [u8], now: u64) -> Result<usize, Errno> {
+        let size = self.nodes[&ino].size;
+        if offset >= size {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(size - offset) as usize;
+        let mut done = 0;
+        while done < len {
+            let at = offset + done as u64;
+            let (block, within) = (at / BLOCK as u64, (at % BLOCK as u64) as usize);
+            let n = (BLOCK - within).min(len - done);
+            if self.cache.slots.contains_key(&(ino, block)) {
+                self.cache.touch((ino, block));
+                buf[done..done + n].copy_from_slice(&self.cache.slots[&(ino, block)].data[within..within + n]);
+            } else if let Some((start, run)) = self.mapping(ino, block) {
+                let whole = ((len - done) / BLOCK) as u64;
+                let mut direct = whole.min(run).min(REQUEST_BLOCKS);
+                if let Some((&(_, cached), _)) = self.cache.slots.range((ino, block)..(ino, block + direct)).next() {
+                    direct = cached - block;
+                }
+                if within == 0 && direct >= self.cache.direct_min {
+                    // Through the staging buffer, never straight into the
+                    // caller's: that is the module's memory, which a device
+                    // cannot address (the guest's virtio buffers must be
+                    // identity-mapped heap).
+                    let bytes = direct as usize * BLOCK;
+                    let disk = &mut self.disk;
+                    let staging = self.cache.staging(bytes);
+                    disk.read(sectors(start), staging).map_err(|_| errno::IO)?;
+                    buf[done..done + bytes].copy_from_slice(staging);
+                    done += bytes;
+                    continue;
+                }
+                self.fetch(ino, block, start, run)?;
+                continue;
+            } else {
+                buf[done..done + n].fill(0);
+            }
+            done += n;
+        }
+        self.nodes.get_mut(&ino).expect("a live inode").atim = now;
+        Ok(len)
+    }
+
+    /// The cached block, made dirty: fetched first when `whole` is false
+    /// and the disk holds it; counted as pending when it has no image block
+    /// (ENOSPC when none could be found for it at flush).
+    fn dirty_block(&mut self, ino: u64, block: u64, whole: bool) -> Result<&mut [u8; BLOCK], Errno> {
+        let key = (ino, block);
+        if !self.cache.slots.contains_key(&key) {
+            match self.mapping(ino, block) {
+                Some((start, run)) if !whole => self.fetch(ino, block, start, run)?,
+                _ => {
+                    self.make_room()?;
+                    let frame = self.cache.frame();
+                    self.insert(key, frame);
+                }
+            }
+        }
+        self.cache.touch(key);
+        if !self.cache.slots[&key].dirty {
+            let unmapped = self.mapping(ino, block).is_none();
+            if unmapped {
+                self.room(META_EXTENT, 1)?;
+                self.cache.pending += 1;
+            }
+            let slot = self.cache.slots.get_mut(&key).expect("just cached");
+            slot.dirty = true;
+            slot.unmapped = unmapped;
+        }
+        Ok(&mut self.cache.slots.get_mut(&key).expect("just cached").data)
+    }
+
+    /// Writes at byte `offset` of a file, extending it; returns how many
+    /// bytes were written: fewer than given when the disk filled up part way
+    /// (ENOSPC when not even one could be).
+    pub fn write(&mut self, ino: u64, offset: u64, data: &[u8], now: u64) -> Result<usize, Errno> {
+        self.check_writable(ino)?;
+        let end = offset.checked_add(data.len() as u64).filter(|e| *e <= i64::MAX as u64).ok_or(errno::FBIG)?;
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let (block, within) = (at / BLOCK as u64, (at % BLOCK as u64) as usize);
+            let n = (BLOCK - within).min(data.len() - done);
+            // A block written whole, or past the file's end, needs no read.
+            let whole = n == BLOCK || at - within as u64 >= self.nodes[&ino].size;
+            match self.dirty_block(ino, block, whole) {
+                Ok(frame) => frame[within..within + n].copy_from_slice(&data[done..done + n]),
+                Err(errno::NOSPC) if done > 0 => break,
+                Err(e) => return Err(e),
+            }
+            done += n;
+        }
+        let node = self.nodes.get_mut(&ino).expect("a live inode");
+        node.size = node.size.max(offset + done as u64);
+        node.mtim = now;
+        node.ctim = now;
+        debug_assert!(done as u64 <= end - offset);
+        Ok(done)
+    }
+
+    /// Sets a file's length: data past it goes (POSIX `ftruncate`); a longer
+    /// file reads zeros past its old end.
+    pub fn set_size(&mut self, ino: u64, size: u64, now: u64) -> Result<(), Errno> {
+        self.check_writable(ino)?;
+        if size > i64::MAX as u64 {
+            return Err(errno::FBIG);
+        }
+        if size < self.nodes[&ino].size {
+            self.truncate_data(ino, size)?;
+        }
+        let node = self.nodes.get_mut(&ino).expect("a live inode");
+        node.size = size;
+        node.mtim = now;
+        node.ctim = now;
+        Ok(())
+    }
+
+    /// Drops a file's data past `size` bytes, cached and on disk; the rest
+    /// of a block cut in two is zeroed, so that extending reads zeros.
+    pub(super) fn truncate_data(&mut self, ino: u64, size: u64) -> Result<(), Errno> {
+        let keep = size.div_ceil(BLOCK as u64);
+        let gone: Vec<(u64, u64)> = self.cache.slots.range((ino, keep)..=(ino, u64::MAX)).map(|(k, _)| *k).collect();
+        for key in gone {
+            self.cache.remove(key);
+        }
+        let tail = (size % BLOCK as u64) as usize;
+        if tail != 0 {
+            if self.mapping(ino, keep - 1).is_some() {
+                self.dirty_block(ino, keep - 1, false)?[tail..].fill(0);
+            } else if let Some(slot) = self.cache.slots.get_mut(&(ino, keep - 1)) {
+                // A block with no image block is only ever in the cache.
+                slot.data[tail..].fill(0);
+            }
+        }
+        let Body::File(extents) = &mut self.nodes.get_mut(&ino).expect("a live inode").body else { return Ok(()) };
+        let cut: Vec<(u64, (u64, u32))> =
+            extents.iter().filter(|(l, (_, c))| **l + u64::from(*c) > keep).map(|(l, e)| (*l, *e)).collect();
+        let mut freed = Vec::new();
+        for (logical, (start, count)) in cut {
+            if logical >= keep {
+                extents.remove(&logical);
+                freed.push((start, u64::from(count)));
+                self.meta_bytes -= META_EXTENT;
+            } else {
+                let kept = keep - logical;
+                extents.insert(logical, (start, kept as u32));
+                freed.push((start + kept, u64::from(count) - kept));
+            }
+        }
+        for (start, count) in freed {
+            self.space.release(start, count);
+        }
+        Ok(())
+    }
+
+    /// Gives every dirty block of a file an image block (contiguous runs
+    /// for consecutive ones) and writes them out in requests as large as
+    /// their image blocks are contiguous.
+    pub(super) fn flush_file(&mut self, ino: u64) -> Result<(), Errno> {
+        let dirty: Vec<(u64, bool)> = self
+            .cache
+            .slots
+            .range((ino, 0)..=(ino, u64::MAX))
+            .filter(|(_, s)| s.dirty)
+            .map(|(k, s)| (k.1, s.unmapped))
+            .collect();
+        let mut i = 0;
+        while i < dirty.len() {
+            if !dirty[i].1 {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < dirty.len() && dirty[j].1 && dirty[j].0 == dirty[j - 1].0 + 1 {
+                j += 1;
+            }
+            let (mut block, end) = (dirty[i].0, dirty[j - 1].0 + 1);
+            while block < end {
+                let (start, count) = self.space.allocate(end - block).expect("pending blocks always have room");
+                self.add_extent(ino, block, start, count);
+                block += count;
+            }
+            for (block, _) in &dirty[i..j] {
+                self.cache.slots.get_mut(&(ino, *block)).expect("a dirty block").unmapped = false;
+            }
+            self.cache.pending -= (j - i) as u64;
+            i = j;
+        }
+        let mut i = 0;
+        while i < dirty.len() {
+            let (first, _) = self.mapping(ino, dirty[i].0).expect("mapped just now");
+            let mut j = i + 1;
+            while j < dirty.len()
+                && (j - i) < REQUEST_BLOCKS as usize
+                && dirty[j].0 == dirty[j - 1].0 + 1
+                && self.mapping(ino, dirty[j].0).is_some_and(|(s, _)| s == first + (j - i) as u64)
+            {
+                j += 1;
+            }
+            let cache = &mut self.cache;
+            cache.staging(0);
+            for (k, (block, _)) in dirty[i..j].iter().enumerate() {
+                let slot = cache.slots.get_mut(&(ino, *block)).expect("a dirty block");
+                cache.staging[k * BLOCK..(k + 1) * BLOCK].copy_from_slice(&slot.data[..]);
+                slot.dirty = false;
+            }
+            self.disk.write(sectors(first), &self.cache.staging[..(j - i) * BLOCK]).map_err(|_| errno::IO)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush_all(&mut self) -> Result<(), Errno> {
+        let mut files: Vec<u64> = self.cache.slots.iter().filter(|(_, s)| s.dirty).map(|(k, _)| k.0).collect();
+        files.dedup();
+        for ino in files {
+            self.flush_file(ino)?;
+        }
+        Ok(())
+    }
+}
