@@ -2,9 +2,10 @@
 //! blocks with a fixed budget.
 //!
 //! Writes land in the cache; image blocks are chosen only when dirty blocks
-//! are flushed (a file's dirty blocks all at once, when the cache needs room
-//! or at save), so data written in many small pieces still lands contiguous
-//! and goes out in requests of up to [`REQUEST_MAX`]. A file created,
+//! are flushed (the least recently used, a request's worth at once, when the
+//! cache needs room; all of them at save), so data written in many small
+//! pieces still lands contiguous, and many small files go out together, in
+//! requests of up to [`REQUEST_MAX`]. A file created,
 //! written and removed while cached never reaches the disk. Reads of data
 //! not cached fetch the rest of its extent (up to a request) in one go, the
 //! read-ahead that keeps sequential reading to one request per mebibyte;
@@ -163,7 +164,7 @@ impl<D: BlockDevice> Fs<D> {
         while self.cache.slots.len() >= self.cache.capacity {
             let (_, &key) = self.cache.lru.first_key_value().expect("a full cache holds blocks");
             if self.cache.slots[&key].dirty {
-                self.flush_file(key.0)?;
+                self.flush_oldest()?;
             }
             self.cache.remove(key);
         }
@@ -356,54 +357,58 @@ impl<D: BlockDevice> Fs<D> {
         Ok(())
     }
 
-    /// Gives every dirty block of a file an image block (contiguous runs
-    /// for consecutive ones) and writes them out in requests as large as
-    /// their image blocks are contiguous.
-    pub(super) fn flush_file(&mut self, ino: u64) -> Result<(), Errno> {
-        let dirty: Vec<(u64, bool)> = self
-            .cache
-            .slots
-            .range((ino, 0)..=(ino, u64::MAX))
-            .filter(|(_, s)| s.dirty)
-            .map(|(k, s)| (k.1, s.unmapped))
-            .collect();
+    /// Writes out the least recently used dirty blocks, a request's worth,
+    /// whichever files they belong to: many small files go out together.
+    fn flush_oldest(&mut self) -> Result<(), Errno> {
+        let cache = &self.cache;
+        let mut keys: Vec<(u64, u64)> =
+            cache.lru.values().filter(|key| cache.slots[*key].dirty).take(REQUEST_BLOCKS as usize).copied().collect();
+        keys.sort_unstable();
+        self.flush_blocks(&keys)
+    }
+
+    /// Gives dirty blocks (sorted by file and block) image blocks where they
+    /// have none, consecutive blocks of a file a contiguous run, then writes
+    /// them in requests as large as their image blocks are contiguous.
+    fn flush_blocks(&mut self, keys: &[(u64, u64)]) -> Result<(), Errno> {
         let mut i = 0;
-        while i < dirty.len() {
-            if !dirty[i].1 {
+        while i < keys.len() {
+            if !self.cache.slots[&keys[i]].unmapped {
                 i += 1;
                 continue;
             }
             let mut j = i + 1;
-            while j < dirty.len() && dirty[j].1 && dirty[j].0 == dirty[j - 1].0 + 1 {
+            while j < keys.len() && keys[j] == (keys[j - 1].0, keys[j - 1].1 + 1) && self.cache.slots[&keys[j]].unmapped
+            {
                 j += 1;
             }
-            let (mut block, end) = (dirty[i].0, dirty[j - 1].0 + 1);
+            let (ino, end) = (keys[i].0, keys[j - 1].1 + 1);
+            let mut block = keys[i].1;
             while block < end {
                 let (start, count) = self.space.allocate(end - block).expect("pending blocks always have room");
                 self.add_extent(ino, block, start, count);
                 block += count;
             }
-            for (block, _) in &dirty[i..j] {
-                self.cache.slots.get_mut(&(ino, *block)).expect("a dirty block").unmapped = false;
+            for key in &keys[i..j] {
+                self.cache.slots.get_mut(key).expect("a dirty block").unmapped = false;
             }
             self.cache.pending -= (j - i) as u64;
             i = j;
         }
+        let mut placed: Vec<(u64, (u64, u64))> =
+            keys.iter().map(|key| (self.mapping(key.0, key.1).expect("mapped just now").0, *key)).collect();
+        placed.sort_unstable();
+        self.cache.staging(0);
         let mut i = 0;
-        while i < dirty.len() {
-            let (first, _) = self.mapping(ino, dirty[i].0).expect("mapped just now");
+        while i < placed.len() {
+            let first = placed[i].0;
             let mut j = i + 1;
-            while j < dirty.len()
-                && (j - i) < REQUEST_BLOCKS as usize
-                && dirty[j].0 == dirty[j - 1].0 + 1
-                && self.mapping(ino, dirty[j].0).is_some_and(|(s, _)| s == first + (j - i) as u64)
-            {
+            while j < placed.len() && j - i < REQUEST_BLOCKS as usize && placed[j].0 == first + (j - i) as u64 {
                 j += 1;
             }
             let cache = &mut self.cache;
-            cache.staging(0);
-            for (k, (block, _)) in dirty[i..j].iter().enumerate() {
-                let slot = cache.slots.get_mut(&(ino, *block)).expect("a dirty block");
+            for (k, (_, key)) in placed[i..j].iter().enumerate() {
+                let slot = cache.slots.get_mut(key).expect("a dirty block");
                 cache.staging[k * BLOCK..(k + 1) * BLOCK].copy_from_slice(&slot.data[..]);
                 slot.dirty = false;
             }
@@ -414,11 +419,7 @@ impl<D: BlockDevice> Fs<D> {
     }
 
     pub(super) fn flush_all(&mut self) -> Result<(), Errno> {
-        let mut files: Vec<u64> = self.cache.slots.iter().filter(|(_, s)| s.dirty).map(|(k, _)| k.0).collect();
-        files.dedup();
-        for ino in files {
-            self.flush_file(ino)?;
-        }
-        Ok(())
+        let keys: Vec<(u64, u64)> = self.cache.slots.iter().filter(|(_, s)| s.dirty).map(|(k, _)| *k).collect();
+        self.flush_blocks(&keys)
     }
 }

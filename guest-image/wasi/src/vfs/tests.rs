@@ -500,3 +500,36 @@ fn an_image_without_a_free_run_for_its_metadata_is_refused() {
     let _ = String::new();
     assert!(matches!(Fs::load(disk, MIB), Err(LoadError::Full)));
 }
+
+#[test]
+fn many_small_files_beyond_the_cache_go_out_together() {
+    let mut fs = standard(4096);
+    let out = at(&fs, "out");
+    let before = fs.disk.writes.len();
+    let mut files = Vec::new();
+    for i in 0..3000 {
+        let dir = match i % 10 {
+            0 => fs.mkdir(out, &format!("d{i}"), 1).unwrap(),
+            _ => files.last().map(|(d, _)| *d).unwrap(),
+        };
+        let f = fs.create_file(dir, &format!("f{i}"), 1).unwrap();
+        fs.write(f, 0, format!("small file {i}").as_bytes(), 1).unwrap();
+        files.push((dir, f));
+        assert!(fs.cache.blocks() <= fs.cache.capacity());
+    }
+    let flushed = fs.disk.writes.len() - before;
+    assert!(flushed <= 3000 / REQUEST_BLOCKS as usize + 2, "{flushed} writes for 3000 files");
+    assert!(fs.disk.writes[before..].iter().all(|(_, len)| *len == REQUEST_MAX));
+    fs.save().unwrap();
+    let meta = read_back(&fs.disk);
+    for (i, (_, f)) in files.iter().enumerate().step_by(97) {
+        assert_eq!(saved_content(&fs.disk, &meta, *f), format!("small file {i}").as_bytes());
+    }
+    // Read back cold: one request per file, as each is one block.
+    let mut fs = load(MemDisk::new(fs.disk.data.clone()));
+    let before = fs.disk.transfers.len();
+    for (i, (_, f)) in files.iter().enumerate() {
+        assert_eq!(read_all(&mut fs, *f), format!("small file {i}").as_bytes());
+    }
+    assert!(fs.disk.transfers.len() - before <= 3000);
+}

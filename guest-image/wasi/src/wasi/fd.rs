@@ -106,7 +106,11 @@ pub fn fd_read<P: Platform>(
 ) -> Result<(), Errno> {
     let iovs = iovecs(mem, iovs, count)?;
     range(mem, read_ptr, 4)?;
-    let total = if let Kind::Stdin = wasi.fd(fd)?.kind {
+    let entry = wasi.fd(fd)?;
+    let total = if let Kind::Stdin = entry.kind {
+        if entry.base & rights::FD_READ == 0 {
+            return Err(errno::BADF);
+        }
         let mut total = 0;
         for (ptr, len) in iovs {
             let n = wasi.devices.stdin.read(bytes_mut(mem, ptr, len)?);
@@ -156,6 +160,9 @@ pub fn fd_write<P: Platform>(
     let entry = wasi.fd(fd)?;
     let total = match entry.kind {
         Kind::Stdout | Kind::Stderr => {
+            if entry.base & rights::FD_WRITE == 0 {
+                return Err(errno::BADF);
+            }
             let to_stdout = matches!(entry.kind, Kind::Stdout);
             let mut total = 0;
             for (ptr, len) in iovs {

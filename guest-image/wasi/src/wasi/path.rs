@@ -170,7 +170,8 @@ pub fn path_open<P: Platform>(
     let writable = wasi.fs.writable(ino);
     let base_rights = match wasi.fs.node(ino).kind() {
         FileType::Dir => {
-            if oflags & OFLAGS_TRUNC != 0 || base_rights & rights::FD_WRITE != 0 {
+            // Neither written, truncated nor created as a file (open(2)).
+            if oflags & (OFLAGS_TRUNC | OFLAGS_CREAT) != 0 || base_rights & rights::FD_WRITE != 0 {
                 return Err(errno::ISDIR);
             }
             base_rights & rights::DIR

@@ -467,6 +467,11 @@ fn writes_and_reads_go_only_where_the_fd_allows() {
     assert_eq!(t.read(0, &[16]).unwrap(), (5, vec![b" two\n\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa".to_vec()]));
     assert_eq!(t.read(0, &[16]).unwrap().0, 0);
     assert!(t.w.devices.stdout.data.is_empty() && t.w.devices.stderr.data.is_empty());
+    // Streams whose rights were given up.
+    fd_fdstat_set_rights(&mut t.w, 0, 0, 0).unwrap();
+    fd_fdstat_set_rights(&mut t.w, 1, 0, 0).unwrap();
+    assert_eq!(t.read(0, &[1]), Err(errno::BADF));
+    assert_eq!(t.write(1, &[b"x"]), Err(errno::BADF));
 }
 
 #[test]
@@ -594,6 +599,7 @@ fn path_open_follows_the_flags() {
     assert_eq!(t.open_rw(OUT, "new", OFLAGS_DIRECTORY), Err(errno::NOTDIR));
     assert_eq!(t.open_rw(OUT, "new/", 0), Err(errno::NOTDIR));
     assert_eq!(t.open_rw(OUT, "other/", OFLAGS_CREAT), Err(errno::ISDIR));
+    assert_eq!(t.open_with(SLASH, 0, "out", OFLAGS_CREAT, rights::DIR as i64, 0, 0), Err(errno::ISDIR));
     assert_eq!(t.open_rw(OUT, "d", OFLAGS_CREAT | OFLAGS_DIRECTORY), Err(errno::INVAL));
     assert_eq!(t.open_rw(OUT, "x", 16), Err(errno::INVAL));
     assert_eq!(t.open_rw(fd, "x", 0), Err(errno::NOTDIR));
