@@ -17,7 +17,7 @@
 //! its extent) remains for every pending one, so a flush never runs out.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 use super::{sectors, Body, Fs, META_EXTENT, REQUEST_BLOCKS, REQUEST_MAX};
@@ -50,7 +50,16 @@ pub struct Cache {
     /// more go straight into the caller's buffer.
     direct_min: u64,
     read_ahead: u64,
+    /// Image blocks read past the end of a short file, by image block,
+    /// and the order they came in (the oldest go first).
+    near: BTreeMap<u64, Frame>,
+    near_order: VecDeque<u64>,
+    near_max: usize,
 }
+
+/// How many image blocks past a short file one read also fetches: enough
+/// for dozens of small files, little enough to cost nothing beside the exit.
+const NEAR_AHEAD: u64 = 32;
 
 /// The smallest cache: a few requests' worth, so read-ahead and flushes
 /// stay large.
@@ -69,6 +78,9 @@ impl Cache {
             staging: Vec::new(),
             direct_min: 16,
             read_ahead: REQUEST_BLOCKS.min(capacity as u64 / 4),
+            near: BTreeMap::new(),
+            near_order: VecDeque::new(),
+            near_max: capacity / 8,
         }
     }
 
@@ -85,6 +97,11 @@ impl Cache {
     #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    #[cfg(test)]
+    pub fn holds_near(&self, block: u64) -> bool {
+        self.near.contains_key(&block)
     }
 
     fn touch(&mut self, key: (u64, u64)) {
@@ -114,6 +131,33 @@ impl Cache {
         }
     }
 
+    fn keep_near(&mut self, block: u64, frame: Frame) {
+        if self.near.contains_key(&block) {
+            self.spare.push(frame);
+            return;
+        }
+        while self.near.len() >= self.near_max {
+            let oldest = self.near_order.pop_front().expect("kept blocks are in the order");
+            if let Some(frame) = self.near.remove(&oldest) {
+                self.spare.push(frame);
+            }
+        }
+        self.near.insert(block, frame);
+        self.near_order.push_back(block);
+        // Blocks taken out of `near` since leave stale places in the order.
+        if self.near_order.len() > 2 * self.near_max {
+            let near = &self.near;
+            self.near_order.retain(|b| near.contains_key(b));
+        }
+    }
+
+    /// An image block is written: what was read of it before is stale.
+    fn forget_near(&mut self, block: u64) {
+        if let Some(frame) = self.near.remove(&block) {
+            self.spare.push(frame);
+        }
+    }
+
     fn staging(&mut self, len: usize) -> &mut [u8] {
         if self.staging.is_empty() {
             self.staging = alloc::vec![0; REQUEST_MAX];
@@ -125,7 +169,7 @@ impl Cache {
 impl<D: BlockDevice> Fs<D> {
     /// The image block of a file's block, and how many blocks of the
     /// extent follow from it (itself included).
-    fn mapping(&self, ino: u64, block: u64) -> Option<(u64, u64)> {
+    pub(super) fn mapping(&self, ino: u64, block: u64) -> Option<(u64, u64)> {
         let Body::File(extents) = &self.nodes[&ino].body else { return None };
         let (&logical, &(start, count)) = extents.range(..=block).next_back()?;
         let end = logical + u64::from(count);
@@ -158,10 +202,10 @@ impl<D: BlockDevice> Fs<D> {
         self.meta_bytes = self.meta_bytes.wrapping_add_signed(added * META_EXTENT as i64);
     }
 
-    /// Makes room for one more block in the cache, flushing the least
-    /// recently used block's file if that block is dirty.
-    fn make_room(&mut self) -> Result<(), Errno> {
-        while self.cache.slots.len() >= self.cache.capacity {
+    /// Makes room for `blocks` more blocks in the cache, flushing dirty
+    /// blocks when the least recently used one is dirty.
+    fn make_room_for(&mut self, blocks: usize) -> Result<(), Errno> {
+        while self.cache.slots.len() + blocks > self.cache.capacity {
             let (_, &key) = self.cache.lru.first_key_value().expect("a full cache holds blocks");
             if self.cache.slots[&key].dirty {
                 self.flush_oldest()?;
@@ -179,22 +223,43 @@ impl<D: BlockDevice> Fs<D> {
     }
 
     /// Brings a mapped block into the cache, with what follows it in its
-    /// extent (up to the read-ahead, the file's end or a block already cached).
+    /// extent (up to the read-ahead, the file's end or a block already
+    /// cached). A file that ends first has the image blocks after it read
+    /// too, kept aside by image block: files written together lie together,
+    /// so the next one read is often among them, and many small files are
+    /// read in one request.
     fn fetch(&mut self, ino: u64, block: u64, start: u64, run: u64) -> Result<(), Errno> {
         let file_blocks = self.nodes[&ino].size.div_ceil(BLOCK as u64);
         let mut count = run.min(self.cache.read_ahead).min(file_blocks.saturating_sub(block)).max(1);
         if let Some((&(_, cached), _)) = self.cache.slots.range((ino, block)..(ino, block + count)).next() {
             count = cached - block;
         }
-        let len = count as usize * BLOCK;
+        // Room first: making it may flush, and a flush uses the staging buffer.
+        self.make_room_for(count as usize)?;
+        if self.cache.near.contains_key(&start) {
+            for i in 0..count {
+                let Some(frame) = self.cache.near.remove(&(start + i)) else { break };
+                self.insert((ino, block + i), frame);
+            }
+            return Ok(());
+        }
+        let extra = if block + count >= file_blocks {
+            NEAR_AHEAD.min(self.total_blocks - (start + count)).min(REQUEST_BLOCKS - count)
+        } else {
+            0
+        };
+        let len = (count + extra) as usize * BLOCK;
         let disk = &mut self.disk;
         disk.read(sectors(start), self.cache.staging(len)).map_err(|_| errno::IO)?;
-        for i in 0..count {
-            self.make_room()?;
+        for i in 0..count + extra {
             let mut frame = self.cache.frame();
             let at = i as usize * BLOCK;
             frame.copy_from_slice(&self.cache.staging[at..at + BLOCK]);
-            self.insert((ino, block + i), frame);
+            if i < count {
+                self.insert((ino, block + i), frame);
+            } else {
+                self.cache.keep_near(start + i, frame);
+            }
         }
         Ok(())
     }
@@ -254,7 +319,7 @@ impl<D: BlockDevice> Fs<D> {
             match self.mapping(ino, block) {
                 Some((start, run)) if !whole => self.fetch(ino, block, start, run)?,
                 _ => {
-                    self.make_room()?;
+                    self.make_room_for(1)?;
                     let frame = self.cache.frame();
                     self.insert(key, frame);
                 }
@@ -407,7 +472,8 @@ impl<D: BlockDevice> Fs<D> {
                 j += 1;
             }
             let cache = &mut self.cache;
-            for (k, (_, key)) in placed[i..j].iter().enumerate() {
+            for (k, (image_block, key)) in placed[i..j].iter().enumerate() {
+                cache.forget_near(*image_block);
                 let slot = cache.slots.get_mut(key).expect("a dirty block");
                 cache.staging[k * BLOCK..(k + 1) * BLOCK].copy_from_slice(&slot.data[..]);
                 slot.dirty = false;
