@@ -360,9 +360,12 @@ impl<D: BlockDevice> Fs<D> {
             done += n;
         }
         let node = self.nodes.get_mut(&ino).expect("a live inode");
-        node.size = node.size.max(offset + done as u64);
-        node.mtim = now;
-        node.ctim = now;
+        // POSIX: only a write of some bytes changes the size and times.
+        if done > 0 {
+            node.size = node.size.max(offset + done as u64);
+            node.mtim = now;
+            node.ctim = now;
+        }
         debug_assert!(done as u64 <= end - offset);
         Ok(done)
     }

@@ -188,3 +188,57 @@ impl Space {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_goes_on_from_the_last_and_skips_the_reservation() {
+        let mut space = Space::new(100);
+        assert!(space.reserve(10, 0));
+        let reserved = space.reserved();
+        assert_eq!(reserved.end, 100, "at the end of the image");
+        assert!(reserved.end - reserved.start >= 10);
+        assert_eq!(space.available(), 99 - (reserved.end - reserved.start));
+        assert_eq!(space.allocate(5), Some((1, 5)));
+        assert_eq!(space.allocate(5), Some((6, 5)));
+        space.release(1, 5);
+        // Onwards first, then round to the start.
+        assert_eq!(space.allocate(1000), Some((11, reserved.start - 11)));
+        assert_eq!(space.allocate(1000), Some((1, 5)));
+        assert_eq!(space.allocate(1), None);
+        assert!(!space.mark(3, 1), "already in use");
+    }
+
+    #[test]
+    fn the_reservation_grows_over_free_neighbours_or_moves_or_refuses() {
+        let mut space = Space::new(64);
+        assert!(space.reserve(2, 0));
+        let first = space.reserved();
+        // Data right below it: it can only grow by moving.
+        assert!(space.mark(first.start - 1, 1));
+        assert!(space.mark(1, 10));
+        assert!(space.reserve(first.end - first.start + 1, 0));
+        let moved = space.reserved();
+        assert!(moved.end - moved.start > first.end - first.start);
+        assert!((moved.start..moved.end).all(|b| !space.is_used(b)));
+        // Refused when the data's blocks would not be left.
+        let available = space.available();
+        assert!(!space.reserve(64, 0));
+        assert!(!space.reserve(moved.end - moved.start, available + 1));
+        assert_eq!(space.reserved(), moved, "nothing changed");
+        assert!(space.reserve(moved.end - moved.start, available));
+    }
+
+    #[test]
+    fn a_reservation_needs_one_free_run() {
+        let mut space = Space::new(20);
+        // Every other block in use: 9 free blocks, no two together.
+        for b in (2..20).step_by(2) {
+            assert!(space.mark(b, 1));
+        }
+        assert!(space.reserve(1, 0));
+        assert!(!space.reserve(2, 0));
+    }
+}

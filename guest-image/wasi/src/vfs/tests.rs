@@ -133,6 +133,9 @@ fn data_reads_back_at_any_offset_with_holes_as_zeros() {
     assert_eq!(&buf[100..], &data[..100]);
     assert_eq!(fs.read(f, 100 + 3 * BLOCK as u64 - 5, &mut buf, 2).unwrap(), 5, "stops at the end");
     assert_eq!(fs.read(f, 1 << 40, &mut buf, 2).unwrap(), 0);
+    assert_eq!(fs.write(f, 1 << 40, b"", 2), Ok(0));
+    assert_eq!(fs.stat(f).size, 100 + 3 * BLOCK as u64, "an empty write extends nothing");
+    assert_eq!(fs.write(f, i64::MAX as u64, b"x", 2), Err(errno::FBIG));
     assert_eq!(fs.stat(f).atim, 2);
     assert_eq!(fs.stat(f).mtim, 1);
 }
