@@ -36,16 +36,19 @@ use crate::virtio::{self, DEVICE_BLOCK, DEVICE_CONSOLE};
 use wasi::{NoInput, Output, State, Tsc};
 
 /// The filesystem's write-back cache: a fixed budget whatever the job
-/// writes, small beside the smallest useful job memory (it comes out of the
-/// same RAM), large enough that flushes and read-ahead go in mebibytes.
-const CACHE_BYTES: usize = 4 << 20;
+/// writes, an eighth of the guest's RAM (the job's memory limit, which the
+/// cache comes out of) up to 8 MiB; from 32 MiB of RAM on, flushes and
+/// read-ahead go in whole mebibytes.
+fn cache_bytes(ram_mib: u64) -> usize {
+    ((ram_mib << 20) / 8).clamp(256 << 10, 8 << 20) as usize
+}
 
 enum Ending {
     Exit(u8),
     Trap(String),
 }
 
-pub fn run(cmdline: &[u8]) -> ! {
+pub fn run(cmdline: &[u8], ram_mib: u64) -> ! {
     let mut disks = virtio::find(cmdline, DEVICE_BLOCK).into_iter();
     let (Some(job_disk), Some(fs_disk)) = (disks.next(), disks.next()) else {
         panic!("a job needs two virtio-blk disks: the job disk and the filesystem disk");
@@ -61,7 +64,8 @@ pub fn run(cmdline: &[u8]) -> ! {
 
     let job = tar::read_job(&mut job_disk).unwrap_or_else(|e| panic!("cannot read the job disk: {e:?}"));
     // The host built the image: one it cannot have meant is a bug there.
-    let fs = Fs::load(fs_disk, CACHE_BYTES).unwrap_or_else(|e| panic!("cannot load the job's filesystem: {e}"));
+    let fs =
+        Fs::load(fs_disk, cache_bytes(ram_mib)).unwrap_or_else(|e| panic!("cannot load the job's filesystem: {e}"));
     let devices = Devices { stdin: NoInput, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
     let state = Wasi::new(job.args, job.env, fs, &job.preopens, devices).unwrap_or_else(|e| panic!("{e}"));
     let (ending, mut state) = execute(job.module.leak(), state);

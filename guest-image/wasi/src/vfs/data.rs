@@ -5,11 +5,11 @@
 //! are flushed (the least recently used, a request's worth at once, when the
 //! cache needs room; all of them at save), so data written in many small
 //! pieces still lands contiguous, and many small files go out together, in
-//! requests of up to [`REQUEST_MAX`]. A file created,
-//! written and removed while cached never reaches the disk. Reads of data
-//! not cached fetch the rest of its extent (up to a request) in one go, the
-//! read-ahead that keeps sequential reading to one request per mebibyte;
-//! large reads skip the cache. Every disk transfer goes through the heap
+//! requests of up to [`super::REQUEST_MAX`] (less in a cache under 4 MiB).
+//! A file created, written and removed while cached never reaches the
+//! disk. Reads of data not cached fetch the rest of its extent (up to a
+//! request) in one go, the read-ahead that keeps sequential reading to one
+//! request per mebibyte; large reads skip the cache. Every disk transfer goes through the heap
 //! (frames and one staging buffer), never the caller's buffer.
 //!
 //! Space: a dirty block with no image block yet is counted as pending, and
@@ -20,7 +20,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-use super::{sectors, Body, Fs, META_EXTENT, REQUEST_BLOCKS, REQUEST_MAX};
+use super::{sectors, Body, Fs, META_EXTENT, REQUEST_BLOCKS};
 use crate::errno::{self, Errno};
 use crate::fsimage::BLOCK;
 use crate::BlockDevice;
@@ -49,7 +49,9 @@ pub struct Cache {
     /// Fewer blocks than this are read through the cache (with read-ahead);
     /// more go straight into the caller's buffer.
     direct_min: u64,
-    read_ahead: u64,
+    /// The largest request, in blocks: read-ahead, flushes and reads that
+    /// skip the cache; a quarter of the cache at most.
+    request: u64,
     /// Image blocks read past the end of a short file, by image block,
     /// and the order they came in (the oldest go first).
     near: BTreeMap<u64, Frame>,
@@ -61,9 +63,8 @@ pub struct Cache {
 /// for dozens of small files, little enough to cost nothing beside the exit.
 const NEAR_AHEAD: u64 = 32;
 
-/// The smallest cache: a few requests' worth, so read-ahead and flushes
-/// stay large.
-const CAPACITY_MIN: usize = 4 * REQUEST_BLOCKS as usize;
+/// The smallest cache, in blocks: requests of 16 blocks at least.
+const CAPACITY_MIN: usize = 64;
 
 impl Cache {
     pub fn new(bytes: usize) -> Cache {
@@ -77,7 +78,7 @@ impl Cache {
             pending: 0,
             staging: Vec::new(),
             direct_min: 16,
-            read_ahead: REQUEST_BLOCKS.min(capacity as u64 / 4),
+            request: REQUEST_BLOCKS.min(capacity as u64 / 4),
             near: BTreeMap::new(),
             near_order: VecDeque::new(),
             near_max: capacity / 8,
@@ -160,7 +161,7 @@ impl Cache {
 
     fn staging(&mut self, len: usize) -> &mut [u8] {
         if self.staging.is_empty() {
-            self.staging = alloc::vec![0; REQUEST_MAX];
+            self.staging = alloc::vec![0; self.request as usize * BLOCK];
         }
         &mut self.staging[..len]
     }
@@ -230,7 +231,7 @@ impl<D: BlockDevice> Fs<D> {
     /// read in one request.
     fn fetch(&mut self, ino: u64, block: u64, start: u64, run: u64) -> Result<(), Errno> {
         let file_blocks = self.nodes[&ino].size.div_ceil(BLOCK as u64);
-        let mut count = run.min(self.cache.read_ahead).min(file_blocks.saturating_sub(block)).max(1);
+        let mut count = run.min(self.cache.request).min(file_blocks.saturating_sub(block)).max(1);
         if let Some((&(_, cached), _)) = self.cache.slots.range((ino, block)..(ino, block + count)).next() {
             count = cached - block;
         }
@@ -244,7 +245,7 @@ impl<D: BlockDevice> Fs<D> {
             return Ok(());
         }
         let extra = if block + count >= file_blocks {
-            NEAR_AHEAD.min(self.total_blocks - (start + count)).min(REQUEST_BLOCKS - count)
+            NEAR_AHEAD.min(self.total_blocks - (start + count)).min(self.cache.request - count)
         } else {
             0
         };
@@ -282,7 +283,7 @@ impl<D: BlockDevice> Fs<D> {
                 buf[done..done + n].copy_from_slice(&self.cache.slots[&(ino, block)].data[within..within + n]);
             } else if let Some((start, run)) = self.mapping(ino, block) {
                 let whole = ((len - done) / BLOCK) as u64;
-                let mut direct = whole.min(run).min(REQUEST_BLOCKS);
+                let mut direct = whole.min(run).min(self.cache.request);
                 if let Some((&(_, cached), _)) = self.cache.slots.range((ino, block)..(ino, block + direct)).next() {
                     direct = cached - block;
                 }
@@ -430,7 +431,7 @@ impl<D: BlockDevice> Fs<D> {
     fn flush_oldest(&mut self) -> Result<(), Errno> {
         let cache = &self.cache;
         let mut keys: Vec<(u64, u64)> =
-            cache.lru.values().filter(|key| cache.slots[*key].dirty).take(REQUEST_BLOCKS as usize).copied().collect();
+            cache.lru.values().filter(|key| cache.slots[*key].dirty).take(cache.request as usize).copied().collect();
         keys.sort_unstable();
         self.flush_blocks(&keys)
     }
@@ -471,7 +472,7 @@ impl<D: BlockDevice> Fs<D> {
         while i < placed.len() {
             let first = placed[i].0;
             let mut j = i + 1;
-            while j < placed.len() && j - i < REQUEST_BLOCKS as usize && placed[j].0 == first + (j - i) as u64 {
+            while j < placed.len() && j - i < self.cache.request as usize && placed[j].0 == first + (j - i) as u64 {
                 j += 1;
             }
             let cache = &mut self.cache;

@@ -565,3 +565,23 @@ fn blocks_read_ahead_past_a_file_are_forgotten_when_rewritten() {
     assert_eq!(fs.mapping(c, 0).map(|m| m.0), Some(2), "c took b's old block");
     assert!(!fs.cache.holds_near(2));
 }
+
+#[test]
+fn a_small_cache_keeps_its_bound_with_smaller_requests() {
+    let cache = 256 << 10;
+    let mut fs = Fs::load(standard_image(&[], 1024), cache).unwrap();
+    let out = at(&fs, "out");
+    let f = fs.create_file(out, "f", 0).unwrap();
+    let data = pattern(2 * MIB + 123);
+    for (i, chunk) in data.chunks(3000).enumerate() {
+        assert_eq!(fs.write(f, (i * 3000) as u64, chunk, 1).unwrap(), chunk.len());
+        assert!(fs.cache.blocks() <= 64);
+    }
+    fs.save().unwrap();
+    let largest = fs.disk.writes.iter().map(|(_, len)| *len).max().unwrap();
+    assert_eq!(largest, 16 * BLOCK, "a quarter of the cache per request");
+    let mut fs = Fs::load(MemDisk::new(fs.disk.data.clone()), cache).unwrap();
+    let f = at(&fs, "out/f");
+    assert_eq!(read_all(&mut fs, f), data);
+    assert!(fs.cache.blocks() <= 64);
+}
