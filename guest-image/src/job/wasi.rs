@@ -99,10 +99,6 @@ impl BlockDevice for Blk {
     fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), BlkError> {
         Blk::write(self, sector, buf)
     }
-
-    fn flush(&mut self) -> Result<(), BlkError> {
-        Blk::flush(self)
-    }
 }
 
 /// `proc_exit`'s status, carried out of the module as an error.

@@ -32,9 +32,6 @@ pub trait BlockDevice {
 
     /// Writes `buf` (a whole number of sectors) from `sector` on.
     fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), Self::Error>;
-
-    /// Returns once everything written so far is durable.
-    fn flush(&mut self) -> Result<(), Self::Error>;
 }
 
 /// Where a job's stdout or stderr goes.

@@ -21,14 +21,13 @@ pub struct MemDisk {
     pub transfers: Vec<(u64, usize)>,
     /// The writes alone, as (sector, bytes).
     pub writes: Vec<(u64, usize)>,
-    pub flushes: usize,
 }
 
 impl MemDisk {
     /// A disk holding `data`, padded with zeros to whole sectors.
     pub fn new(mut data: Vec<u8>) -> MemDisk {
         data.resize(data.len().next_multiple_of(SECTOR), 0);
-        MemDisk { data, transfers: Vec::new(), writes: Vec::new(), flushes: 0 }
+        MemDisk { data, transfers: Vec::new(), writes: Vec::new() }
     }
 
     pub fn zeroed(sectors: usize) -> MemDisk {
@@ -63,11 +62,6 @@ impl BlockDevice for MemDisk {
         let span = self.span(sector, buf.len())?;
         self.writes.push((sector, buf.len()));
         self.data[span].copy_from_slice(buf);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), DiskError> {
-        self.flushes += 1;
         Ok(())
     }
 }

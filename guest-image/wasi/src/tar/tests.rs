@@ -238,9 +238,6 @@ fn a_disk_error_is_passed_on() {
         fn write(&mut self, _: u64, _: &[u8]) -> Result<(), &'static str> {
             Err("read-only")
         }
-        fn flush(&mut self) -> Result<(), &'static str> {
-            Err("read-only")
-        }
     }
     let mut disk = Failing(MemDisk::new(archive(&[(b"job/module.cwasm", b'0', b"m")])));
     assert!(matches!(read_job(&mut disk), Err(TarError::Disk("broken"))));
