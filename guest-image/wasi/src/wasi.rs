@@ -100,8 +100,12 @@ pub mod rights {
         | PATH_SYMLINK
         | PATH_REMOVE_DIRECTORY
         | PATH_UNLINK_FILE;
-    /// What a directory passes on to what is opened beneath it.
-    pub const INHERITING: u64 = DIR | FILE;
+    /// Every right there is; bits above are no right and are ignored where
+    /// asked for (a module may pass -1 for "all": wasmtime takes that too).
+    pub const ALL: u64 = (1 << 30) - 1;
+    /// What a directory passes on to what is opened beneath it: all there
+    /// is, each fd then keeping what makes sense for what it is.
+    pub const INHERITING: u64 = ALL;
     pub const STDIN: u64 = FD_READ | FD_FDSTAT_SET_FLAGS | FD_FILESTAT_GET | POLL_FD_READWRITE;
     pub const STDOUT: u64 = FD_WRITE | FD_FDSTAT_SET_FLAGS | FD_FILESTAT_GET | POLL_FD_READWRITE;
 }

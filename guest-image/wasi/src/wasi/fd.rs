@@ -299,7 +299,7 @@ pub fn fd_fdstat_set_flags<P: Platform>(wasi: &mut Wasi<P>, fd: i32, flags: i32)
 /// Rights only shrink: asking for one the fd lacks is ENOTCAPABLE.
 pub fn fd_fdstat_set_rights<P: Platform>(wasi: &mut Wasi<P>, fd: i32, base: i64, inheriting: i64) -> Result<(), Errno> {
     let entry = wasi.fd(fd)?;
-    let (base, inheriting) = (base as u64, inheriting as u64);
+    let (base, inheriting) = (base as u64 & rights::ALL, inheriting as u64 & rights::ALL);
     if base & !entry.base != 0 || inheriting & !entry.inheriting != 0 {
         return Err(errno::NOTCAPABLE);
     }

@@ -602,6 +602,9 @@ fn path_open_follows_the_flags() {
     assert_eq!(t.open_with(SLASH, 0, "out", OFLAGS_CREAT, rights::DIR as i64, 0, 0), Err(errno::ISDIR));
     assert_eq!(t.open_rw(OUT, "d", OFLAGS_CREAT | OFLAGS_DIRECTORY), Err(errno::INVAL));
     assert_eq!(t.open_rw(OUT, "x", 16), Err(errno::INVAL));
+    // -1 asks for every right there is: bits that are no right are ignored.
+    let every = t.open_with(OUT, 0, "every", OFLAGS_CREAT, -1, -1, 0).unwrap();
+    assert_eq!(t.fdstat(every).unwrap().2, rights::FILE);
     assert_eq!(t.open_rw(fd, "x", 0), Err(errno::NOTDIR));
     assert_eq!(t.open_rw(1, "x", 0), Err(errno::NOTDIR));
     assert_eq!(t.open_rw(99, "x", 0), Err(errno::BADF));
