@@ -268,20 +268,49 @@ fn put(mem: &mut [u8], ptr: u32, data: &[u8]) -> Result<(), Errno> {
 /// The (pointer, length) pairs of an iovec array, every one checked to lie
 /// in memory before anything is done with any, and their total length
 /// countable in the 32 bits the result has (EINVAL otherwise, writev's
-/// answer when the lengths overflow its count).
-fn iovecs(mem: &[u8], ptr: u32, count: u32) -> Result<Vec<(u32, u32)>, Errno> {
+/// answer when the lengths overflow its count). Taken out of memory first:
+/// a read may overwrite the array itself.
+fn iovecs(mem: &[u8], ptr: u32, count: u32) -> Result<IoVecs, Errno> {
     let table = bytes(mem, ptr, count.checked_mul(8).ok_or(errno::FAULT)?)?;
-    let iovs: Vec<(u32, u32)> = table
+    let pairs = table
         .chunks_exact(8)
-        .map(|e| (u32::from_le_bytes(e[..4].try_into().unwrap()), u32::from_le_bytes(e[4..].try_into().unwrap())))
-        .collect();
+        .map(|e| (u32::from_le_bytes(e[..4].try_into().unwrap()), u32::from_le_bytes(e[4..].try_into().unwrap())));
+    let iovs = if count as usize <= FEW_IOVECS {
+        let mut few = [(0, 0); FEW_IOVECS];
+        for (slot, pair) in few.iter_mut().zip(pairs) {
+            *slot = pair;
+        }
+        IoVecs::Few(few, count as usize)
+    } else {
+        IoVecs::Many(pairs.collect())
+    };
     if iovs.iter().map(|(_, len)| u64::from(*len)).sum::<u64>() > u64::from(u32::MAX) {
         return Err(errno::INVAL);
     }
-    for (ptr, len) in &iovs {
+    for (ptr, len) in iovs.iter() {
         range(mem, *ptr, *len)?;
     }
     Ok(iovs)
+}
+
+/// Most calls pass an iovec or two: those are kept without allocating
+/// (every read and write takes this path).
+const FEW_IOVECS: usize = 8;
+
+enum IoVecs {
+    Few([(u32, u32); FEW_IOVECS], usize),
+    Many(Vec<(u32, u32)>),
+}
+
+impl core::ops::Deref for IoVecs {
+    type Target = [(u32, u32)];
+
+    fn deref(&self) -> &[(u32, u32)] {
+        match self {
+            IoVecs::Few(few, len) => &few[..*len],
+            IoVecs::Many(many) => many,
+        }
+    }
 }
 
 /// Writes NUL-terminated strings and the pointers to them (args_get, environ_get).

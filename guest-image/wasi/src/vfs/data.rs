@@ -392,8 +392,9 @@ impl<D: BlockDevice> Fs<D> {
     /// of a block cut in two is zeroed, so that extending reads zeros.
     pub(super) fn truncate_data(&mut self, ino: u64, size: u64) -> Result<(), Errno> {
         let keep = size.div_ceil(BLOCK as u64);
-        let gone: Vec<(u64, u64)> = self.cache.slots.range((ino, keep)..=(ino, u64::MAX)).map(|(k, _)| *k).collect();
-        for key in gone {
+        // Taken one at a time from the end, without allocating: removing
+        // a file is common.
+        while let Some((&key, _)) = self.cache.slots.range((ino, keep)..=(ino, u64::MAX)).next() {
             self.cache.remove(key);
         }
         let tail = (size % BLOCK as u64) as usize;
@@ -406,22 +407,20 @@ impl<D: BlockDevice> Fs<D> {
             }
         }
         let Body::File(extents) = &mut self.nodes.get_mut(&ino).expect("a live inode").body else { return Ok(()) };
-        let cut: Vec<(u64, (u64, u32))> =
-            extents.iter().filter(|(l, (_, c))| **l + u64::from(*c) > keep).map(|(l, e)| (*l, *e)).collect();
-        let mut freed = Vec::new();
-        for (logical, (start, count)) in cut {
+        while let Some((&logical, &(start, count))) = extents.last_key_value() {
+            let count = u64::from(count);
+            if logical + count <= keep {
+                break;
+            }
             if logical >= keep {
                 extents.remove(&logical);
-                freed.push((start, u64::from(count)));
+                self.space.release(start, count);
                 self.meta_bytes -= META_EXTENT;
             } else {
                 let kept = keep - logical;
                 extents.insert(logical, (start, kept as u32));
-                freed.push((start + kept, u64::from(count) - kept));
+                self.space.release(start + kept, count - kept);
             }
-        }
-        for (start, count) in freed {
-            self.space.release(start, count);
         }
         Ok(())
     }

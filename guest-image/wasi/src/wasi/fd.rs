@@ -112,7 +112,7 @@ pub fn fd_read<P: Platform>(
             return Err(errno::BADF);
         }
         let mut total = 0;
-        for (ptr, len) in iovs {
+        for &(ptr, len) in iovs.iter() {
             let n = wasi.devices.stdin.read(bytes_mut(mem, ptr, len)?);
             total += n as u64;
             if n < len as usize {
@@ -165,7 +165,7 @@ pub fn fd_write<P: Platform>(
             }
             let to_stdout = matches!(entry.kind, Kind::Stdout);
             let mut total = 0;
-            for (ptr, len) in iovs {
+            for &(ptr, len) in iovs.iter() {
                 let data = bytes(mem, ptr, len)?;
                 if to_stdout {
                     wasi.devices.stdout.write(data)
