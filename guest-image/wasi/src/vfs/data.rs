@@ -172,7 +172,7 @@ impl<D: BlockDevice> Fs<D> {
     /// extent follow from it (itself included).
     pub(super) fn mapping(&self, ino: u64, block: u64) -> Option<(u64, u64)> {
         let Body::File(extents) = &self.nodes[&ino].body else { return None };
-        let (&logical, &(start, count)) = extents.range(..=block).next_back()?;
+        let (logical, start, count) = extents.before(block, true)?;
         let end = logical + u64::from(count);
         (block < end).then(|| (start + (block - logical), end - block))
     }
@@ -183,23 +183,23 @@ impl<D: BlockDevice> Fs<D> {
         };
         let mut added = 1i64;
         let (mut logical, mut start, mut count) = (logical, start, count);
-        if let Some((&l, &(s, c))) = extents.range(..logical).next_back() {
+        if let Some((l, s, c)) = extents.before(logical, false) {
             let c = u64::from(c);
             if l + c == logical && s + c == start && c + count <= u64::from(u32::MAX) {
-                extents.remove(&l);
+                extents.remove(l);
                 (logical, start, count) = (l, s, c + count);
                 added -= 1;
             }
         }
-        if let Some(&(s, c)) = extents.get(&(logical + count)) {
+        if let Some((_, s, c)) = extents.starting_at(logical + count) {
             let c = u64::from(c);
             if s == start + count && c + count <= u64::from(u32::MAX) {
-                extents.remove(&(logical + count));
+                extents.remove(logical + count);
                 count += c;
                 added -= 1;
             }
         }
-        extents.insert(logical, (start, count as u32));
+        extents.insert(logical, start, count as u32);
         self.meta_bytes = self.meta_bytes.wrapping_add_signed(added * META_EXTENT as i64);
     }
 
@@ -407,18 +407,18 @@ impl<D: BlockDevice> Fs<D> {
             }
         }
         let Body::File(extents) = &mut self.nodes.get_mut(&ino).expect("a live inode").body else { return Ok(()) };
-        while let Some((&logical, &(start, count))) = extents.last_key_value() {
+        while let Some((logical, start, count)) = extents.last() {
             let count = u64::from(count);
             if logical + count <= keep {
                 break;
             }
             if logical >= keep {
-                extents.remove(&logical);
+                extents.remove(logical);
                 self.space.release(start, count);
                 self.meta_bytes -= META_EXTENT;
             } else {
                 let kept = keep - logical;
-                extents.insert(logical, (start, kept as u32));
+                extents.insert(logical, start, kept as u32);
                 self.space.release(start + kept, count - kept);
             }
         }

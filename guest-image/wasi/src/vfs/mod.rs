@@ -9,6 +9,7 @@
 //! renamed (EBUSY, as on Linux); renames and links stay within one mount
 //! (EXDEV).
 
+mod compact;
 mod data;
 mod path;
 mod space;
@@ -23,6 +24,8 @@ use alloc::vec::Vec;
 use crate::errno::{self, Errno};
 use crate::fsimage::{self, Extent, FormatError, Kind, Metadata, Mount, Superblock, BLOCK, NO_MOUNT, ROOT, TARGET_MAX};
 use crate::{BlockDevice, SECTOR};
+use compact::Extents;
+pub use compact::Name;
 use data::Cache;
 pub use path::Parent;
 use space::{blocks_for, Space};
@@ -56,10 +59,9 @@ pub const DIR_PERM: u16 = 0o755;
 pub const SYMLINK_PERM: u16 = 0o777;
 
 pub enum Body {
-    /// Extents by logical block: (first image block, count).
-    File(BTreeMap<u64, (u64, u32)>),
+    File(Extents),
     Dir {
-        entries: BTreeMap<String, u64>,
+        entries: BTreeMap<Name, u64>,
         /// The directory whose entry names this one (the root: itself).
         parent: u64,
         subdirs: u32,
@@ -158,7 +160,7 @@ impl Node {
         META_INODE
             + match &self.body {
                 Body::File(extents) => META_COUNT + META_EXTENT * extents.len() as u64,
-                Body::Dir { entries, .. } => META_COUNT + entries.keys().map(|n| meta_entry(n)).sum::<u64>(),
+                Body::Dir { entries, .. } => META_COUNT + entries.keys().map(|n| meta_entry(n.as_str())).sum::<u64>(),
                 Body::Symlink(target) => 2 + target.len() as u64,
             }
     }
@@ -220,19 +222,20 @@ impl<D: BlockDevice> Fs<D> {
             next_ino = next_ino.max(inode.ino + 1);
             let body = match inode.kind {
                 Kind::File(extents) => {
-                    let mut map = BTreeMap::new();
+                    let mut map = Extents::default();
                     for e in extents {
                         if !space.mark(e.start, u64::from(e.count)) {
                             return Err(LoadError::SharedBlock(e.start));
                         }
-                        map.insert(e.logical, (e.start, e.count));
+                        map.insert(e.logical, e.start, e.count);
                     }
                     Body::File(map)
                 }
                 Kind::Dir(entries) => {
                     let subdirs = entries.iter().filter(|(_, ino)| kinds[ino]).count() as u32;
                     let parent = if inode.ino == ROOT { ROOT } else { parents[&inode.ino] };
-                    Body::Dir { entries: entries.into_iter().collect(), parent, subdirs }
+                    let entries = entries.into_iter().map(|(name, ino)| (Name::new(&name), ino)).collect();
+                    Body::Dir { entries, parent, subdirs }
                 }
                 Kind::Symlink(target) => Body::Symlink(target),
             };
@@ -304,7 +307,7 @@ impl<D: BlockDevice> Fs<D> {
         Stat { ino, kind: node.kind(), nlink, size: node.size, atim: node.atim, mtim: node.mtim, ctim: node.ctim }
     }
 
-    pub fn entries(&self, dir: u64) -> Result<&BTreeMap<String, u64>, Errno> {
+    pub fn entries(&self, dir: u64) -> Result<&BTreeMap<Name, u64>, Errno> {
         match &self.nodes[&dir].body {
             Body::Dir { entries, .. } => Ok(entries),
             _ => Err(errno::NOTDIR),
@@ -348,7 +351,7 @@ impl<D: BlockDevice> Fs<D> {
         }
         let node = self.node_mut(dir);
         let Body::Dir { entries, subdirs, .. } = &mut node.body else { unreachable!("entries go into directories") };
-        entries.insert(String::from(name), ino);
+        entries.insert(Name::new(name), ino);
         *subdirs += u32::from(is_dir);
         node.mtim = now;
         node.ctim = now;
@@ -414,7 +417,7 @@ impl<D: BlockDevice> Fs<D> {
     }
 
     pub fn create_file(&mut self, dir: u64, name: &str, now: u64) -> Result<u64, Errno> {
-        self.new_node(dir, name, FILE_PERM, Body::File(BTreeMap::new()), now)
+        self.new_node(dir, name, FILE_PERM, Body::File(Extents::default()), now)
     }
 
     pub fn mkdir(&mut self, dir: u64, name: &str, now: u64) -> Result<u64, Errno> {
@@ -605,9 +608,11 @@ impl<D: BlockDevice> Fs<D> {
             }
             let kind = match &node.body {
                 Body::File(extents) => {
-                    Kind::File(extents.iter().map(|(l, (s, c))| Extent { logical: *l, start: *s, count: *c }).collect())
+                    Kind::File(extents.iter().map(|(logical, start, count)| Extent { logical, start, count }).collect())
                 }
-                Body::Dir { entries, .. } => Kind::Dir(entries.iter().map(|(n, i)| (n.clone(), *i)).collect()),
+                Body::Dir { entries, .. } => {
+                    Kind::Dir(entries.iter().map(|(n, i)| (String::from(n.as_str()), *i)).collect())
+                }
                 Body::Symlink(target) => Kind::Symlink(target.clone()),
             };
             inodes.push(fsimage::Inode {

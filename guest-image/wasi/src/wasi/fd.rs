@@ -478,7 +478,7 @@ pub fn fd_readdir<P: Platform>(
         let mut names: Vec<(String, u64, u8)> =
             alloc::vec![(String::from("."), ino, FILETYPE_DIRECTORY), (String::from(".."), parent, FILETYPE_DIRECTORY)];
         for (name, child) in fs.entries(ino)? {
-            names.push((name.clone(), *child, filetype(fs.node(*child).kind())));
+            names.push((String::from(name.as_str()), *child, filetype(fs.node(*child).kind())));
         }
         let Ok(Fd { kind: Kind::Dir { listing, .. }, .. }) = wasi.fd(fd) else { unreachable!("checked above") };
         *listing = Some(names);
