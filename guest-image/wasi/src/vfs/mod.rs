@@ -8,6 +8,16 @@
 //! [`NO_MOUNT`] cannot change (EROFS); a mount's root cannot be removed or
 //! renamed (EBUSY, as on Linux); renames and links stay within one mount
 //! (EXDEV).
+//!
+//! What the guest expects of the image beyond what `Metadata::decode`
+//! checks: no block belongs to two files (refused at load), the bytes of a
+//! file's last block past its size are zero (a file extended later reads
+//! them), and a free run of blocks can hold the metadata (refused at load
+//! otherwise; the blocks of the metadata loaded are free once it is read).
+//!
+//! Memory: per inode a [`Node`] (names up to 30 bytes and files in one
+//! extent need nothing more), the cache's blocks (its budget, and an eighth
+//! of it for blocks read past short files) and one request's staging buffer.
 
 mod compact;
 mod data;
