@@ -125,6 +125,10 @@ pub const FILETYPE_DIRECTORY: u8 = 3;
 pub const FILETYPE_REGULAR_FILE: u8 = 4;
 pub const FILETYPE_SYMBOLIC_LINK: u8 = 7;
 
+/// The most fds a job may have open at once (Linux's default hard limit
+/// of open files).
+pub const FDS_MAX: usize = 1 << 16;
+
 /// One entry of a directory listing: (name, inode, filetype).
 type Listing = Vec<(String, u64, u8)>;
 
@@ -218,6 +222,15 @@ impl<P: Platform> Wasi<P> {
     fn fd(&mut self, fd: i32) -> Result<&mut Fd, Errno> {
         let index = usize::try_from(fd).map_err(|_| errno::BADF)?;
         self.fds.get_mut(index).and_then(Option::as_mut).ok_or(errno::BADF)
+    }
+
+    /// EMFILE when every fd number a job may have is taken: open files are
+    /// a resource the job has a fixed amount of (each holds memory).
+    fn check_fd_room(&self) -> Result<(), Errno> {
+        if self.fds.len() >= FDS_MAX && self.fds.iter().all(Option::is_some) {
+            return Err(errno::MFILE);
+        }
+        Ok(())
     }
 
     /// The lowest free fd number gets `fd`, as POSIX gives out fds.

@@ -131,6 +131,7 @@ pub fn path_open<P: Platform>(
     // Where the new fd goes first: an open whose fd the module cannot be
     // told would leave a file created and an fd taken that nothing closes.
     range(mem, fd_ptr, 4)?;
+    wasi.check_fd_room()?;
     let (base_rights, inheriting) = (base_rights as u64 & rights::ALL, inheriting as u64 & rights::ALL);
     let flags = u16::try_from(flags).ok().filter(|f| f & !fdflags::ALL == 0).ok_or(errno::INVAL)?;
     if oflags & !(OFLAGS_CREAT | OFLAGS_DIRECTORY | OFLAGS_EXCL | OFLAGS_TRUNC) != 0 {

@@ -727,6 +727,15 @@ fn sizes_times_allocation_advice_and_sync() {
     assert_eq!(path_filestat_set_times(&mut t.mem, &mut t.w, IN, 0, p, 0, 0, 3), Err(errno::INVAL));
     let p = t.path("nope");
     assert_eq!(path_filestat_set_times(&mut t.mem, &mut t.w, OUT, 0, p, 0, 0, 0), Err(errno::NOENT));
+    // A symlink's own times without SYMLINK_FOLLOW, its target's with it.
+    t.symlink("f", OUT, "s").unwrap();
+    let p = t.path("s");
+    path_filestat_set_times(&mut t.mem, &mut t.w, OUT, 0, p, 7, 8, FSTFLAGS_ATIM | FSTFLAGS_MTIM).unwrap();
+    assert_eq!(u64_at_slice(&t.path_stat_with(OUT, 0, "s").unwrap(), 48), 8);
+    assert_eq!(u64_at_slice(&t.path_stat(OUT, "f").unwrap(), 48), 6);
+    let p = t.path("s");
+    path_filestat_set_times(&mut t.mem, &mut t.w, OUT, 1, p, 7, 9, FSTFLAGS_ATIM | FSTFLAGS_MTIM).unwrap();
+    assert_eq!(u64_at_slice(&t.path_stat(OUT, "f").unwrap(), 48), 9);
     // Allocation extends, never shrinks.
     assert_eq!(fd_allocate(&mut t.w, fd, 10, 10), Ok(()));
     assert_eq!(t.content("out/f").unwrap().len(), 20);
@@ -774,6 +783,14 @@ fn fds_are_renumbered_closed_and_reused_lowest_first() {
     assert_eq!(fd_prestat_get(&mut t.mem, &mut t.w, IN, RESULT), Err(errno::BADF));
     assert_eq!(t.open_ro(SLASH, "in/a.txt"), Ok(IN));
     assert_eq!(fd_close(&mut t.w, -1), Err(errno::BADF));
+    // Past the most fds a job may have: EMFILE, and nothing created.
+    while t.w.fds.len() < FDS_MAX {
+        t.w.fds.push(Some(Fd { kind: Kind::Stdin, base: 0, inheriting: 0, flags: 0 }));
+    }
+    assert_eq!(t.open_rw(OUT, "one-too-many", OFLAGS_CREAT), Err(errno::MFILE));
+    assert!(t.content("out/one-too-many").is_none());
+    fd_close(&mut t.w, 100).unwrap();
+    assert_eq!(t.open_rw(OUT, "one-too-many", OFLAGS_CREAT), Ok(100));
 }
 
 #[test]
