@@ -8,7 +8,7 @@
 //! arguments, environment and preopened directories; see tar.rs in
 //! mvm-wasi, guest-image/wasi/, which also holds the WASI functions);
 //! virtio-blk 1, the filesystem disk (everything the job sees under `/`,
-//! see vfs.rs and fsimage.rs there); virtio-console 0 and 1, the job's
+//! see vfs/ and fsimage.rs there); virtio-console 0 and 1, the job's
 //! stdout and stderr. When the module returns or calls `proc_exit`, the
 //! guest saves the filesystem (its data, then its metadata, then the
 //! superblock) and powers off with the exit status; when it traps, it does
