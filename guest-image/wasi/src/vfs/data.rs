@@ -9,7 +9,8 @@
 //! A file created, written and removed while cached never reaches the
 //! disk. Reads of data not cached fetch the rest of its extent (up to a
 //! request) in one go, the read-ahead that keeps sequential reading to one
-//! request per mebibyte; large reads skip the cache. Every disk transfer goes through the heap
+//! request per mebibyte; a large file's data is read through the staging
+//! buffer rather than the cache. Every disk transfer goes through the heap
 //! (frames and one staging buffer), never the caller's buffer.
 //!
 //! Space: a dirty block with no image block yet is counted as pending, and
@@ -46,9 +47,10 @@ pub struct Cache {
     pending: u64,
     /// Where whole requests are gathered; allocated at first use.
     staging: Vec<u8>,
-    /// Fewer blocks than this are read through the cache (with read-ahead);
-    /// more go straight into the caller's buffer.
-    direct_min: u64,
+    /// What the staging buffer holds of a file since a read put it there:
+    /// (inode, first block, blocks). Gone when the buffer is used for
+    /// anything else or the file is cut short.
+    window: Option<(u64, u64, u64)>,
     /// The largest request, in blocks: read-ahead, flushes and reads that
     /// skip the cache; a quarter of the cache at most.
     request: u64,
@@ -58,6 +60,10 @@ pub struct Cache {
     near_order: VecDeque<u64>,
     near_max: usize,
 }
+
+/// Reads of at least this many blocks of a file go through the staging
+/// buffer, fewer through the cache.
+const WINDOW_MIN: u64 = 16;
 
 /// How many image blocks past a short file one read also fetches: enough
 /// for dozens of small files, little enough to cost nothing beside the exit.
@@ -77,7 +83,7 @@ impl Cache {
             spare: Vec::new(),
             pending: 0,
             staging: Vec::new(),
-            direct_min: 16,
+            window: None,
             request: REQUEST_BLOCKS.min(capacity as u64 / 4),
             near: BTreeMap::new(),
             near_order: VecDeque::new(),
@@ -159,7 +165,14 @@ impl Cache {
         }
     }
 
+    /// Where in the staging buffer a file's block is, if a read left it there.
+    fn window_at(&self, ino: u64, block: u64) -> Option<usize> {
+        let (i, first, count) = self.window?;
+        (i == ino && (first..first + count).contains(&block)).then(|| (block - first) as usize * BLOCK)
+    }
+
     fn staging(&mut self, len: usize) -> &mut [u8] {
+        self.window = None;
         if self.staging.is_empty() {
             self.staging = alloc::vec![0; self.request as usize * BLOCK];
         }
@@ -205,7 +218,7 @@ impl<D: BlockDevice> Fs<D> {
 
     /// Makes room for `blocks` more blocks in the cache, flushing dirty
     /// blocks when the least recently used one is dirty.
-    fn make_room_for(&mut self, blocks: usize) -> Result<(), Errno> {
+    pub(super) fn make_room_for(&mut self, blocks: usize) -> Result<(), Errno> {
         while self.cache.slots.len() + blocks > self.cache.capacity {
             let (_, &key) = self.cache.lru.first_key_value().expect("a full cache holds blocks");
             if self.cache.slots[&key].dirty {
@@ -281,26 +294,27 @@ impl<D: BlockDevice> Fs<D> {
             if self.cache.slots.contains_key(&(ino, block)) {
                 self.cache.touch((ino, block));
                 buf[done..done + n].copy_from_slice(&self.cache.slots[&(ino, block)].data[within..within + n]);
+            } else if let Some(at) = self.cache.window_at(ino, block) {
+                buf[done..done + n].copy_from_slice(&self.cache.staging[at + within..at + within + n]);
             } else if let Some((start, run)) = self.mapping(ino, block) {
-                let whole = ((len - done) / BLOCK) as u64;
-                let mut direct = whole.min(run).min(self.cache.request);
-                if let Some((&(_, cached), _)) = self.cache.slots.range((ino, block)..(ino, block + direct)).next() {
-                    direct = cached - block;
+                let file_blocks = size.div_ceil(BLOCK as u64);
+                let mut count = run.min(self.cache.request).min(file_blocks - block);
+                if let Some((&(_, cached), _)) = self.cache.slots.range((ino, block)..(ino, block + count)).next() {
+                    count = cached - block;
                 }
-                if within == 0 && direct >= self.cache.direct_min {
-                    // Through the staging buffer, never straight into the
-                    // caller's: that is the module's memory, which a device
-                    // cannot address (the guest's virtio buffers must be
-                    // identity-mapped heap).
-                    let bytes = direct as usize * BLOCK;
-                    let disk = &mut self.disk;
-                    let staging = self.cache.staging(bytes);
-                    disk.read(sectors(start), staging).map_err(|_| errno::IO)?;
-                    buf[done..done + bytes].copy_from_slice(staging);
-                    done += bytes;
+                if count < WINDOW_MIN {
+                    self.fetch(ino, block, start, run)?;
                     continue;
                 }
-                self.fetch(ino, block, start, run)?;
+                // A large file read on: a request's worth into the staging
+                // buffer, read from there, never into the cache (it would
+                // push out what is worth keeping) nor straight into the
+                // caller's buffer (that is the module's memory, which a
+                // device cannot address: the guest's virtio buffers must be
+                // identity-mapped heap).
+                let disk = &mut self.disk;
+                disk.read(sectors(start), self.cache.staging(count as usize * BLOCK)).map_err(|_| errno::IO)?;
+                self.cache.window = Some((ino, block, count));
                 continue;
             } else {
                 buf[done..done + n].fill(0);
@@ -392,10 +406,8 @@ impl<D: BlockDevice> Fs<D> {
     /// of a block cut in two is zeroed, so that extending reads zeros.
     pub(super) fn truncate_data(&mut self, ino: u64, size: u64) -> Result<(), Errno> {
         let keep = size.div_ceil(BLOCK as u64);
-        // Taken one at a time from the end, without allocating: removing
-        // a file is common.
-        while let Some((&key, _)) = self.cache.slots.range((ino, keep)..=(ino, u64::MAX)).next() {
-            self.cache.remove(key);
+        if self.cache.window.is_some_and(|(i, ..)| i == ino) {
+            self.cache.window = None;
         }
         let tail = (size % BLOCK as u64) as usize;
         if tail != 0 {
@@ -405,6 +417,11 @@ impl<D: BlockDevice> Fs<D> {
                 // A block with no image block is only ever in the cache.
                 slot.data[tail..].fill(0);
             }
+        }
+        // After the tail, whose fetch may bring blocks past it. Taken one
+        // at a time, without allocating: removing a file is common.
+        while let Some((&key, _)) = self.cache.slots.range((ino, keep)..=(ino, u64::MAX)).next() {
+            self.cache.remove(key);
         }
         let Body::File(extents) = &mut self.nodes.get_mut(&ino).expect("a live inode").body else { return Ok(()) };
         while let Some((logical, start, count)) = extents.last() {

@@ -585,3 +585,33 @@ fn a_small_cache_keeps_its_bound_with_smaller_requests() {
     assert_eq!(read_all(&mut fs, f), data);
     assert!(fs.cache.blocks() <= 64);
 }
+
+#[test]
+fn data_read_ahead_of_a_large_file_never_hides_later_changes() {
+    let mut image = ImageBuilder::new();
+    let out = image.mount("/out", false);
+    image.file(out, "big", &pattern(64 * BLOCK));
+    let mut fs = load(image.build(256));
+    let f = at(&fs, "out/big");
+    let mut buf = vec![0u8; 100];
+    let before = fs.disk.transfers.len();
+    fs.read(f, 0, &mut buf, 1).unwrap();
+    fs.read(f, 20 * BLOCK as u64, &mut buf, 1).unwrap();
+    assert_eq!(fs.disk.transfers.len() - before, 1, "one request for both");
+    assert_eq!(fs.cache.blocks(), 0, "and nothing cached");
+    // A write lands in the cache, which reads see first.
+    fs.write(f, 20 * BLOCK as u64, b"new", 2).unwrap();
+    fs.read(f, 20 * BLOCK as u64, &mut buf[..3], 3).unwrap();
+    assert_eq!(&buf[..3], b"new");
+    // Flushed and dropped from the cache, it is read from the disk again.
+    fs.make_room_for(fs.cache.capacity()).unwrap();
+    assert_eq!(fs.cache.blocks(), 0);
+    fs.read(f, 20 * BLOCK as u64, &mut buf[..3], 4).unwrap();
+    assert_eq!(&buf[..3], b"new");
+    // Cut short and extended: zeros, whatever was read before.
+    fs.read(f, 30 * BLOCK as u64, &mut buf, 5).unwrap();
+    fs.set_size(f, 10, 6).unwrap();
+    fs.set_size(f, 64 * BLOCK as u64, 7).unwrap();
+    fs.read(f, 30 * BLOCK as u64, &mut buf, 8).unwrap();
+    assert!(buf.iter().all(|b| *b == 0));
+}
