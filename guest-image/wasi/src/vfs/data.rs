@@ -28,6 +28,17 @@ use crate::BlockDevice;
 
 type Frame = Box<[u8; BLOCK]>;
 
+/// What a block about to be written holds first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// What the file has there (read from the disk if need be).
+    Keep,
+    /// Zeros: nothing of the file is there (past its end).
+    Zeros,
+    /// Anything: the write covers the whole block.
+    Overwrite,
+}
+
 struct Slot {
     data: Frame,
     stamp: u64,
@@ -128,10 +139,13 @@ impl Cache {
         self.spare.push(slot.data);
     }
 
-    fn frame(&mut self) -> Frame {
+    /// A block's frame, zeroed unless the caller fills all of it.
+    fn frame(&mut self, zeroed: bool) -> Frame {
         match self.spare.pop() {
             Some(mut frame) => {
-                frame.fill(0);
+                if zeroed {
+                    frame.fill(0);
+                }
                 frame
             }
             None => Box::new([0; BLOCK]),
@@ -266,7 +280,7 @@ impl<D: BlockDevice> Fs<D> {
         let disk = &mut self.disk;
         disk.read(sectors(start), self.cache.staging(len)).map_err(|_| errno::IO)?;
         for i in 0..count + extra {
-            let mut frame = self.cache.frame();
+            let mut frame = self.cache.frame(false);
             let at = i as usize * BLOCK;
             frame.copy_from_slice(&self.cache.staging[at..at + BLOCK]);
             if i < count {
@@ -325,31 +339,35 @@ impl<D: BlockDevice> Fs<D> {
         Ok(len)
     }
 
-    /// The cached block, made dirty: fetched first when `whole` is false
-    /// and the disk holds it; counted as pending when it has no image block
-    /// (ENOSPC when none could be found for it at flush).
-    fn dirty_block(&mut self, ino: u64, block: u64, whole: bool) -> Result<&mut [u8; BLOCK], Errno> {
+    /// The cached block, made dirty: fetched first when `fill` is
+    /// [`Fill::Keep`] and the disk holds it; counted as pending when it has
+    /// no image block (ENOSPC, with nothing changed, when none could be
+    /// found for it at flush).
+    fn dirty_block(&mut self, ino: u64, block: u64, fill: Fill) -> Result<&mut [u8; BLOCK], Errno> {
         let key = (ino, block);
-        if !self.cache.slots.contains_key(&key) {
-            match self.mapping(ino, block) {
-                Some((start, run)) if !whole => self.fetch(ino, block, start, run)?,
+        let mapping = self.mapping(ino, block);
+        let cached = self.cache.slots.get(&key).map(|slot| slot.dirty);
+        // The room first: a block must not be cached with what the caller
+        // was about to write over it left unwritten.
+        if mapping.is_none() && cached != Some(true) {
+            self.room(META_EXTENT, 1)?;
+        }
+        if cached.is_none() {
+            match (mapping, fill) {
+                (Some((start, run)), Fill::Keep) => self.fetch(ino, block, start, run)?,
                 _ => {
                     self.make_room_for(1)?;
-                    let frame = self.cache.frame();
+                    let frame = self.cache.frame(fill != Fill::Overwrite);
                     self.insert(key, frame);
                 }
             }
         }
         self.cache.touch(key);
-        if !self.cache.slots[&key].dirty {
-            let unmapped = self.mapping(ino, block).is_none();
-            if unmapped {
-                self.room(META_EXTENT, 1)?;
-                self.cache.pending += 1;
-            }
-            let slot = self.cache.slots.get_mut(&key).expect("just cached");
+        let slot = self.cache.slots.get_mut(&key).expect("just cached");
+        if !slot.dirty {
             slot.dirty = true;
-            slot.unmapped = unmapped;
+            slot.unmapped = mapping.is_none();
+            self.cache.pending += u64::from(mapping.is_none());
         }
         Ok(&mut self.cache.slots.get_mut(&key).expect("just cached").data)
     }
@@ -366,8 +384,14 @@ impl<D: BlockDevice> Fs<D> {
             let (block, within) = (at / BLOCK as u64, (at % BLOCK as u64) as usize);
             let n = (BLOCK - within).min(data.len() - done);
             // A block written whole, or past the file's end, needs no read.
-            let whole = n == BLOCK || at - within as u64 >= self.nodes[&ino].size;
-            match self.dirty_block(ino, block, whole) {
+            let fill = if n == BLOCK {
+                Fill::Overwrite
+            } else if at - within as u64 >= self.nodes[&ino].size {
+                Fill::Zeros
+            } else {
+                Fill::Keep
+            };
+            match self.dirty_block(ino, block, fill) {
                 Ok(frame) => frame[within..within + n].copy_from_slice(&data[done..done + n]),
                 Err(errno::NOSPC) if done > 0 => break,
                 Err(e) => return Err(e),
@@ -412,7 +436,7 @@ impl<D: BlockDevice> Fs<D> {
         let tail = (size % BLOCK as u64) as usize;
         if tail != 0 {
             if self.mapping(ino, keep - 1).is_some() {
-                self.dirty_block(ino, keep - 1, false)?[tail..].fill(0);
+                self.dirty_block(ino, keep - 1, Fill::Keep)?[tail..].fill(0);
             } else if let Some(slot) = self.cache.slots.get_mut(&(ino, keep - 1)) {
                 // A block with no image block is only ever in the cache.
                 slot.data[tail..].fill(0);
