@@ -28,6 +28,17 @@ use crate::BlockDevice;
 
 type Frame = Box<[u8; BLOCK]>;
 
+/// Where a written block goes in the stream (see [`Cache::stream`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// Already in it, at this byte of the staging buffer.
+    Inside(usize),
+    /// Onto its end.
+    Onto,
+    /// The first of a new one.
+    New,
+}
+
 /// What a block about to be written holds first.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fill {
@@ -62,6 +73,11 @@ pub struct Cache {
     /// (inode, first block, blocks). Gone when the buffer is used for
     /// anything else or the file is cut short.
     window: Option<(u64, u64, u64)>,
+    /// A large file being written on: its next blocks, gathered in the
+    /// staging buffer until a request's worth, then written in one:
+    /// (inode, first block, blocks). They have no image block yet (they
+    /// count as pending) and are in no slot.
+    stream: Option<(u64, u64, u64)>,
     /// The largest request, in blocks: read-ahead, flushes and reads that
     /// skip the cache; a quarter of the cache at most.
     request: u64,
@@ -95,6 +111,7 @@ impl Cache {
             pending: 0,
             staging: Vec::new(),
             window: None,
+            stream: None,
             request: REQUEST_BLOCKS.min(capacity as u64 / 4),
             near: BTreeMap::new(),
             near_order: VecDeque::new(),
@@ -179,13 +196,22 @@ impl Cache {
         }
     }
 
+    /// Where in the staging buffer a file's block is, if it is in the stream.
+    fn stream_at(&self, ino: u64, block: u64) -> Option<usize> {
+        let (i, first, count) = self.stream?;
+        (i == ino && (first..first + count).contains(&block)).then(|| (block - first) as usize * BLOCK)
+    }
+
     /// Where in the staging buffer a file's block is, if a read left it there.
     fn window_at(&self, ino: u64, block: u64) -> Option<usize> {
         let (i, first, count) = self.window?;
         (i == ino && (first..first + count).contains(&block)).then(|| (block - first) as usize * BLOCK)
     }
 
+    /// The staging buffer for a transfer of `len` bytes: what a read left
+    /// there is gone; the stream must have been written out first.
     fn staging(&mut self, len: usize) -> &mut [u8] {
+        debug_assert!(self.stream.is_none() || len == 0, "the stream is in the staging buffer");
         self.window = None;
         if self.staging.is_empty() {
             self.staging = alloc::vec![0; self.request as usize * BLOCK];
@@ -277,6 +303,7 @@ impl<D: BlockDevice> Fs<D> {
             0
         };
         let len = (count + extra) as usize * BLOCK;
+        self.end_stream()?;
         let disk = &mut self.disk;
         disk.read(sectors(start), self.cache.staging(len)).map_err(|_| errno::IO)?;
         for i in 0..count + extra {
@@ -308,6 +335,8 @@ impl<D: BlockDevice> Fs<D> {
             if self.cache.slots.contains_key(&(ino, block)) {
                 self.cache.touch((ino, block));
                 buf[done..done + n].copy_from_slice(&self.cache.slots[&(ino, block)].data[within..within + n]);
+            } else if let Some(at) = self.cache.stream_at(ino, block) {
+                buf[done..done + n].copy_from_slice(&self.cache.staging[at + within..at + within + n]);
             } else if let Some(at) = self.cache.window_at(ino, block) {
                 buf[done..done + n].copy_from_slice(&self.cache.staging[at + within..at + within + n]);
             } else if let Some((start, run)) = self.mapping(ino, block) {
@@ -326,6 +355,7 @@ impl<D: BlockDevice> Fs<D> {
                 // caller's buffer (that is the module's memory, which a
                 // device cannot address: the guest's virtio buffers must be
                 // identity-mapped heap).
+                self.end_stream()?;
                 let disk = &mut self.disk;
                 disk.read(sectors(start), self.cache.staging(count as usize * BLOCK)).map_err(|_| errno::IO)?;
                 self.cache.window = Some((ino, block, count));
@@ -372,6 +402,68 @@ impl<D: BlockDevice> Fs<D> {
         Ok(&mut self.cache.slots.get_mut(&key).expect("just cached").data)
     }
 
+    /// Where a write to a file's block goes in the stream: into it, onto
+    /// its end, or into a new one (for a write of at least [`WINDOW_MIN`]
+    /// blocks from here to a block with no data yet); `None` for the cache.
+    fn stream_place(&self, ino: u64, block: u64, left: usize) -> Option<Stream> {
+        if let Some((i, first, count)) = self.cache.stream {
+            if i == ino && (first..first + count).contains(&block) {
+                return Some(Stream::Inside((block - first) as usize * BLOCK));
+            }
+        }
+        let fresh = !self.cache.slots.contains_key(&(ino, block)) && self.mapping(ino, block).is_none();
+        match self.cache.stream {
+            Some((i, first, count)) if fresh && i == ino && block == first + count => Some(Stream::Onto),
+            _ if fresh && left >= WINDOW_MIN as usize * BLOCK => Some(Stream::New),
+            _ => None,
+        }
+    }
+
+    /// Adds a block to the stream (a new one for [`Stream::New`]), with the
+    /// room for it taken first, and writes the stream out when it holds a
+    /// request's worth.
+    fn stream_write(&mut self, ino: u64, block: u64, place: Stream, within: usize, chunk: &[u8]) -> Result<(), Errno> {
+        self.room(META_EXTENT, 1)?;
+        if place == Stream::New {
+            self.end_stream()?;
+            self.cache.window = None;
+            self.cache.staging(0);
+            self.cache.stream = Some((ino, block, 0));
+        }
+        let (_, first, count) = self.cache.stream.expect("a stream to add to");
+        let at = count as usize * BLOCK;
+        let staged = &mut self.cache.staging[at..at + BLOCK];
+        if chunk.len() < BLOCK {
+            staged.fill(0);
+        }
+        staged[within..within + chunk.len()].copy_from_slice(chunk);
+        self.cache.stream = Some((ino, first, count + 1));
+        self.cache.pending += 1;
+        if count + 1 == self.cache.request {
+            self.end_stream()?;
+        }
+        Ok(())
+    }
+
+    /// Gives the stream's blocks image blocks, as few runs as the free space
+    /// allows, and writes them out, a request per run.
+    pub(super) fn end_stream(&mut self) -> Result<(), Errno> {
+        let Some((ino, first, count)) = self.cache.stream.take() else { return Ok(()) };
+        let mut done = 0;
+        while done < count {
+            let (start, n) = self.space.allocate(count - done).expect("pending blocks always have room");
+            self.add_extent(ino, first + done, start, n);
+            for block in start..start + n {
+                self.cache.forget_near(block);
+            }
+            let staged = &self.cache.staging[done as usize * BLOCK..(done + n) as usize * BLOCK];
+            self.disk.write(sectors(start), staged).map_err(|_| errno::IO)?;
+            done += n;
+        }
+        self.cache.pending -= count;
+        Ok(())
+    }
+
     /// Writes at byte `offset` of a file, extending it; returns how many
     /// bytes were written: fewer than given when the disk filled up part way
     /// (ENOSPC when not even one could be).
@@ -391,8 +483,19 @@ impl<D: BlockDevice> Fs<D> {
             } else {
                 Fill::Keep
             };
-            match self.dirty_block(ino, block, fill) {
-                Ok(frame) => frame[within..within + n].copy_from_slice(&data[done..done + n]),
+            let chunk = &data[done..done + n];
+            let written = match self.stream_place(ino, block, data.len() - done) {
+                Some(Stream::Inside(at)) => {
+                    self.cache.staging[at + within..at + within + n].copy_from_slice(chunk);
+                    Ok(())
+                }
+                Some(place) => self.stream_write(ino, block, place, within, chunk),
+                None => {
+                    self.dirty_block(ino, block, fill).map(|frame| frame[within..within + n].copy_from_slice(chunk))
+                }
+            };
+            match written {
+                Ok(()) => {}
                 Err(errno::NOSPC) if done > 0 => break,
                 Err(e) => return Err(e),
             }
@@ -432,6 +535,15 @@ impl<D: BlockDevice> Fs<D> {
         let keep = size.div_ceil(BLOCK as u64);
         if self.cache.window.is_some_and(|(i, ..)| i == ino) {
             self.cache.window = None;
+        }
+        match self.cache.stream {
+            // All of it cut off: never written.
+            Some((i, first, count)) if i == ino && keep <= first => {
+                self.cache.stream = None;
+                self.cache.pending -= count;
+            }
+            Some((i, ..)) if i == ino => self.end_stream()?,
+            _ => {}
         }
         let tail = (size % BLOCK as u64) as usize;
         if tail != 0 {
@@ -480,6 +592,7 @@ impl<D: BlockDevice> Fs<D> {
     /// have none, consecutive blocks of a file a contiguous run, then writes
     /// them in requests as large as their image blocks are contiguous.
     fn flush_blocks(&mut self, keys: &[(u64, u64)]) -> Result<(), Errno> {
+        self.end_stream()?;
         let mut i = 0;
         while i < keys.len() {
             if !self.cache.slots[&keys[i]].unmapped {

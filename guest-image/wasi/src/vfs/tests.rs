@@ -615,3 +615,65 @@ fn data_read_ahead_of_a_large_file_never_hides_later_changes() {
     fs.read(f, 30 * BLOCK as u64, &mut buf, 8).unwrap();
     assert!(buf.iter().all(|b| *b == 0));
 }
+
+#[test]
+fn large_writes_stream_past_the_cache_in_whole_requests() {
+    let mut fs = standard(4096);
+    let out = at(&fs, "out");
+    let f = fs.create_file(out, "f", 0).unwrap();
+    let len = 8 * MIB + (128 << 10) + 5000;
+    let data = pattern(len);
+    let before = fs.disk.writes.len();
+    for (i, chunk) in data.chunks(64 << 10).enumerate() {
+        assert_eq!(fs.write(f, (i * (64 << 10)) as u64, chunk, 1).unwrap(), chunk.len());
+        assert_eq!(fs.cache.blocks(), 0, "never through the cache");
+    }
+    // What is still gathered reads back, and takes a small write into it.
+    let mut buf = vec![0u8; len - 8 * MIB];
+    assert_eq!(fs.read(f, 8 * MIB as u64, &mut buf, 2).unwrap(), buf.len());
+    assert_eq!(buf, data[8 * MIB..]);
+    fs.write(f, 8 * MIB as u64 + 10, b"inside", 3).unwrap();
+    assert_eq!(fs.cache.blocks(), 0);
+    let writes: Vec<usize> = fs.disk.writes[before..].iter().map(|(_, len)| *len).collect();
+    assert_eq!(writes, vec![REQUEST_MAX; 8], "a request per mebibyte, the rest still gathered");
+    fs.save().unwrap();
+    let meta = read_back(&fs.disk);
+    let mut expect = data.clone();
+    expect[8 * MIB + 10..8 * MIB + 16].copy_from_slice(b"inside");
+    assert_eq!(saved_content(&fs.disk, &meta, f), expect);
+    let Kind::File(extents) = &meta.inodes.iter().find(|i| i.ino == f).unwrap().kind else { panic!() };
+    assert_eq!(extents.len(), 1);
+    assert_eq!(fs.cache.pending_blocks(), 0);
+}
+
+#[test]
+fn a_stream_cut_short_or_removed_is_not_written() {
+    let mut fs = standard(4096);
+    let out = at(&fs, "out");
+    let f = fs.create_file(out, "f", 0).unwrap();
+    fs.write(f, 0, &pattern(100 * BLOCK), 1).unwrap();
+    let writes = fs.disk.writes.len();
+    fs.set_size(f, 0, 2).unwrap();
+    assert_eq!(fs.cache.pending_blocks(), 0);
+    assert_eq!(fs.disk.writes.len(), writes, "nothing of it written");
+    fs.set_size(f, 100 * BLOCK as u64, 3).unwrap();
+    let mut buf = vec![1u8; 100 * BLOCK];
+    fs.read(f, 0, &mut buf, 4).unwrap();
+    assert!(buf.iter().all(|b| *b == 0));
+    // Cut inside: what is kept is written, the rest reads as zeros.
+    fs.write(f, 0, &pattern(100 * BLOCK), 5).unwrap();
+    fs.set_size(f, 10 * BLOCK as u64 + 7, 6).unwrap();
+    fs.set_size(f, 100 * BLOCK as u64, 7).unwrap();
+    fs.read(f, 0, &mut buf, 8).unwrap();
+    assert_eq!(buf[..10 * BLOCK + 7], pattern(10 * BLOCK + 7)[..]);
+    assert!(buf[10 * BLOCK + 7..].iter().all(|b| *b == 0));
+    // A removed file's stream goes with it.
+    let g = fs.create_file(out, "g", 9).unwrap();
+    fs.write(g, 0, &pattern(50 * BLOCK), 9).unwrap();
+    let writes = fs.disk.writes.len();
+    fs.unlink(out, "g", 10).unwrap();
+    assert_eq!(fs.disk.writes.len(), writes);
+    fs.save().unwrap();
+    let meta = read_back(&fs.disk);
+    assert_eq!(saved_content(&fs.disk, &meta, f), buf);
+}
