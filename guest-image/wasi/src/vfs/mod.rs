@@ -450,9 +450,12 @@ impl<D: BlockDevice> Fs<D> {
         Ok(ino)
     }
 
-    /// A second name for a file (POSIX `link`): directories cannot have one (EPERM).
+    /// A second name for a file (POSIX `link`). Directories cannot have
+    /// one (EPERM, as POSIX says); nor can symlinks here, which Linux
+    /// allows, because the image format names each symlink once (EPERM too:
+    /// linking with SYMLINK_FOLLOW links the file it leads to).
     pub fn link(&mut self, ino: u64, dir: u64, name: &str, now: u64) -> Result<(), Errno> {
-        if let Body::Dir { .. } = self.nodes[&ino].body {
+        if let Body::Dir { .. } | Body::Symlink(_) = self.nodes[&ino].body {
             return Err(errno::PERM);
         }
         self.check_writable(dir)?;
