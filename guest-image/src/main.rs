@@ -85,7 +85,7 @@ extern "C" fn kernel_main(boot_params: *const u8) -> ! {
         // line, four device announcements, would cost ~5 ms) and deferred,
         // printed only before a fault's, a panic's or another report.
         console::defer(format_args!("mvm-guest {VERSION}: mode={} {} MiB RAM, job\n", mode.name(), boot.ram_mib()));
-        job::run(boot.cmdline);
+        job::run(boot.cmdline, boot.ram_mib());
     }
     console::print(format_args!(
         "mvm-guest {VERSION}: mode={} {} MiB RAM, cmdline \"{}\"\n",

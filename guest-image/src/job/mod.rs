@@ -5,13 +5,15 @@
 //! compiled on the host with Cranelift, loaded and run by wasmtime's no_std
 //! runtime on this kernel as its platform (platform.rs). Its devices, in
 //! command-line order: virtio-blk 0, the job disk (the compiled module, its
-//! arguments and environment, and the input files; see tar.rs in mvm-wasi,
-//! guest-image/wasi/, which also holds the WASI functions); virtio-blk 1,
-//! the output disk; virtio-console 0 and 1, the job's stdout and stderr.
-//! When the module returns or calls `proc_exit`, the guest writes what the
-//! job left under /out to the output disk and powers off with the exit
-//! status; when it traps, it does the same and powers off with reason
-//! "trap" and the trap's message (see power.rs).
+//! arguments, environment and preopened directories; see tar.rs in
+//! mvm-wasi, guest-image/wasi/, which also holds the WASI functions);
+//! virtio-blk 1, the filesystem disk (everything the job sees under `/`,
+//! see vfs/ and fsimage.rs there); virtio-console 0 and 1, the job's
+//! stdout and stderr. When the module returns or calls `proc_exit`, the
+//! guest saves the filesystem (its data, then its metadata, then the
+//! superblock) and powers off with the exit status; when it traps, it does
+//! the same and powers off with reason "trap" and the trap's message (see
+//! power.rs).
 
 mod platform;
 mod wasi;
@@ -24,6 +26,7 @@ use crate::paging::Access;
 use wasmtime::{CustomCodeMemory, Engine, Linker, Module, Store, Trap};
 
 use mvm_wasi::tar;
+use mvm_wasi::vfs::Fs;
 use mvm_wasi::wasi::{Devices, Wasi};
 
 use crate::entropy::Entropy;
@@ -32,18 +35,26 @@ use crate::virtio::console::OutputStream;
 use crate::virtio::{self, DEVICE_BLOCK, DEVICE_CONSOLE};
 use wasi::{NoInput, Output, State, Tsc};
 
+/// The filesystem's write-back cache: a fixed budget whatever the job
+/// writes, an eighth of the guest's RAM (the job's memory limit, which the
+/// cache comes out of) up to 8 MiB; from 32 MiB of RAM on, flushes and
+/// read-ahead go in whole mebibytes.
+fn cache_bytes(ram_mib: u64) -> usize {
+    ((ram_mib << 20) / 8).clamp(256 << 10, 8 << 20) as usize
+}
+
 enum Ending {
     Exit(u8),
     Trap(String),
 }
 
-pub fn run(cmdline: &[u8]) -> ! {
+pub fn run(cmdline: &[u8], ram_mib: u64) -> ! {
     let mut disks = virtio::find(cmdline, DEVICE_BLOCK).into_iter();
-    let (Some(job_disk), Some(out_disk)) = (disks.next(), disks.next()) else {
-        panic!("a job needs two virtio-blk disks: the job disk and the output disk");
+    let (Some(job_disk), Some(fs_disk)) = (disks.next(), disks.next()) else {
+        panic!("a job needs two virtio-blk disks: the job disk and the filesystem disk");
     };
     let mut job_disk = Blk::new(job_disk).unwrap_or_else(|e| panic!("job disk: {e:?}"));
-    let mut out_disk = Blk::new(out_disk).unwrap_or_else(|e| panic!("output disk: {e:?}"));
+    let fs_disk = Blk::new(fs_disk).unwrap_or_else(|e| panic!("filesystem disk: {e:?}"));
     let mut consoles = virtio::find(cmdline, DEVICE_CONSOLE).into_iter().map(|mmio| match OutputStream::new(mmio) {
         Ok(stream) => Output::Console(stream),
         Err(e) => panic!("job console: {e:?}"),
@@ -52,12 +63,15 @@ pub fn run(cmdline: &[u8]) -> ! {
     let stderr = consoles.next().unwrap_or(Output::Com1);
 
     let job = tar::read_job(&mut job_disk).unwrap_or_else(|e| panic!("cannot read the job disk: {e:?}"));
-    let devices = Devices { job_disk, stdin: NoInput, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
-    let state = Wasi::new(job.args, job.env, job.inputs, devices);
+    // The host built the image: one it cannot have meant is a bug there.
+    let fs =
+        Fs::load(fs_disk, cache_bytes(ram_mib)).unwrap_or_else(|e| panic!("cannot load the job's filesystem: {e}"));
+    let devices = Devices { stdin: NoInput, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
+    let state = Wasi::new(job.args, job.env, fs, &job.preopens, devices).unwrap_or_else(|e| panic!("{e}"));
     let (ending, mut state) = execute(job.module.leak(), state);
     state.flush_outputs();
-    if let Err(e) = tar::write_outputs(&state.out, &mut out_disk) {
-        crate::console::print(format_args!("job outputs not saved: {e:?}\n"));
+    if let Err(errno) = state.fs.save() {
+        crate::console::print(format_args!("job filesystem not saved: the disk failed (WASI errno {errno})\n"));
     }
     match ending {
         Ending::Exit(status) => crate::power::exit(status),

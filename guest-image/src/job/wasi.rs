@@ -1,15 +1,15 @@
 //! The guest's side of the WASI layer in mvm-wasi: the devices behind its
-//! traits (virtio consoles, the job disk, TSC clocks with the vCPU halted,
-//! the host's entropy port) and the registration of every function with
-//! wasmtime's linker. Functions a job could import but this runtime does not offer
-//! return ENOSYS, so that a module linked against the whole API still loads.
+//! traits (virtio consoles, the filesystem disk, TSC clocks with the vCPU
+//! halted, the host's entropy port) and the registration of every function
+//! with wasmtime's linker. `proc_raise` answers ENOSYS (a job has no
+//! signals); the socket functions find no sockets (mvm-wasi's `sock_call`).
 
 use alloc::collections::BTreeSet;
 use alloc::string::String;
 use core::fmt;
 
-use mvm_wasi::fs::errno;
-use mvm_wasi::wasi::{self as w, Wasi};
+use mvm_wasi::errno;
+use mvm_wasi::wasi::{self as w, rights, Wasi};
 use mvm_wasi::{BlockDevice, Clock, Platform};
 use wasmtime::{Caller, Extern, Linker, Memory, Module};
 
@@ -141,19 +141,6 @@ macro_rules! wasi {
     };
 }
 
-/// Defines functions this runtime does not offer: they answer ENOSYS.
-macro_rules! unsupported {
-    ($linker:expr, $($name:literal: ($($ty:ty),*)),* $(,)?) => {
-        $(
-            if $linker.wants($name) {
-                $linker.linker.func_wrap(MODULE, $name, |_: Caller<'_, State>, $(_: $ty),*| -> i32 {
-                    i32::from(errno::NOSYS)
-                })?;
-            }
-        )*
-    };
-}
-
 /// The linker, and the WASI functions the module imports: only those are
 /// defined. Each definition is code of its own (wasmtime makes one per
 /// function), and under PVM first running a page of code costs a fault, so
@@ -187,13 +174,32 @@ pub fn link(linker: &mut Linker<State>, module: &Module) -> wasmtime::Result<()>
     wasi!(linker, "fd_read", |mem, wasi, fd: i32, iovs: u32, count: u32, read: u32| w::fd_read(
         mem, wasi, fd, iovs, count, read
     ));
+    wasi!(linker, "fd_pread", |mem, wasi, fd: i32, iovs: u32, count: u32, offset: i64, read: u32| w::fd_pread(
+        mem, wasi, fd, iovs, count, offset, read
+    ));
+    wasi!(linker, "fd_pwrite", |mem, wasi, fd: i32, iovs: u32, count: u32, offset: i64, written: u32| w::fd_pwrite(
+        mem, wasi, fd, iovs, count, offset, written
+    ));
     wasi!(linker, "fd_seek", |mem, wasi, fd: i32, offset: i64, whence: i32, result: u32| w::fd_seek(
         mem, wasi, fd, offset, whence, result
     ));
     wasi!(linker, "fd_tell", |mem, wasi, fd: i32, result: u32| w::fd_tell(mem, wasi, fd, result));
     wasi!(linker, "fd_close", |_mem, wasi, fd: i32| w::fd_close(wasi, fd));
+    wasi!(linker, "fd_renumber", |_mem, wasi, from: i32, to: i32| w::fd_renumber(wasi, from, to));
     wasi!(linker, "fd_fdstat_get", |mem, wasi, fd: i32, ptr: u32| w::fd_fdstat_get(mem, wasi, fd, ptr));
+    wasi!(linker, "fd_fdstat_set_flags", |_mem, wasi, fd: i32, flags: i32| w::fd_fdstat_set_flags(wasi, fd, flags));
+    wasi!(linker, "fd_fdstat_set_rights", |_mem, wasi, fd: i32, base: i64, inheriting: i64| {
+        w::fd_fdstat_set_rights(wasi, fd, base, inheriting)
+    });
     wasi!(linker, "fd_filestat_get", |mem, wasi, fd: i32, ptr: u32| w::fd_filestat_get(mem, wasi, fd, ptr));
+    wasi!(linker, "fd_filestat_set_size", |_mem, wasi, fd: i32, size: i64| w::fd_filestat_set_size(wasi, fd, size));
+    wasi!(linker, "fd_filestat_set_times", |_mem, wasi, fd: i32, atim: i64, mtim: i64, flags: i32| {
+        w::fd_filestat_set_times(wasi, fd, atim, mtim, flags)
+    });
+    wasi!(linker, "fd_allocate", |_mem, wasi, fd: i32, offset: i64, len: i64| w::fd_allocate(wasi, fd, offset, len));
+    wasi!(linker, "fd_advise", |_mem, wasi, fd: i32, offset: i64, len: i64, advice: i32| w::fd_advise(
+        wasi, fd, offset, len, advice
+    ));
     wasi!(linker, "fd_prestat_get", |mem, wasi, fd: i32, ptr: u32| w::fd_prestat_get(mem, wasi, fd, ptr));
     wasi!(linker, "fd_prestat_dir_name", |mem, wasi, fd: i32, ptr: u32, len: u32| w::fd_prestat_dir_name(
         mem, wasi, fd, ptr, len
@@ -201,36 +207,89 @@ pub fn link(linker: &mut Linker<State>, module: &Module) -> wasmtime::Result<()>
     wasi!(linker, "fd_readdir", |mem, wasi, fd: i32, buf: u32, len: u32, cookie: i64, used: u32| w::fd_readdir(
         mem, wasi, fd, buf, len, cookie, used
     ));
-    wasi!(linker, "fd_sync", |_mem, wasi, fd: i32| w::fd_sync(wasi, fd));
-    wasi!(linker, "fd_datasync", |_mem, wasi, fd: i32| w::fd_sync(wasi, fd));
+    wasi!(linker, "fd_sync", |_mem, wasi, fd: i32| w::fd_sync(wasi, fd, rights::FD_SYNC));
+    wasi!(linker, "fd_datasync", |_mem, wasi, fd: i32| w::fd_sync(wasi, fd, rights::FD_DATASYNC));
     wasi!(linker, "path_open", |mem,
                                 wasi,
-                                dirfd: i32,
-                                _dirflags: i32,
+                                fd: i32,
+                                dirflags: i32,
                                 path: u32,
                                 path_len: u32,
                                 oflags: i32,
-                                _rights: i64,
-                                _inheriting: i64,
+                                base: i64,
+                                inheriting: i64,
                                 fdflags: i32,
-                                fd: u32| {
-        w::path_open(mem, wasi, dirfd, (path, path_len), oflags, fdflags, fd)
+                                opened: u32| {
+        w::path_open(mem, wasi, fd, dirflags, (path, path_len), oflags, base, inheriting, fdflags, opened)
     });
-    wasi!(linker, "path_filestat_get", |mem, wasi, dirfd: i32, _flags: i32, path: u32, path_len: u32, buf: u32| {
-        w::path_filestat_get(mem, wasi, dirfd, (path, path_len), buf)
+    wasi!(linker, "path_filestat_get", |mem, wasi, fd: i32, flags: i32, path: u32, path_len: u32, buf: u32| {
+        w::path_filestat_get(mem, wasi, fd, flags, (path, path_len), buf)
     });
-    wasi!(linker, "path_create_directory", |mem, wasi, dirfd: i32, path: u32, path_len: u32| {
-        w::path_create_directory(mem, wasi, dirfd, (path, path_len))
+    wasi!(linker, "path_filestat_set_times", |mem,
+                                              wasi,
+                                              fd: i32,
+                                              flags: i32,
+                                              path: u32,
+                                              path_len: u32,
+                                              atim: i64,
+                                              mtim: i64,
+                                              fstflags: i32| {
+        w::path_filestat_set_times(mem, wasi, fd, flags, (path, path_len), atim, mtim, fstflags)
     });
-    wasi!(linker, "path_unlink_file", |mem, wasi, dirfd: i32, path: u32, path_len: u32| {
-        w::path_unlink_file(mem, wasi, dirfd, (path, path_len))
+    wasi!(linker, "path_create_directory", |mem, wasi, fd: i32, path: u32, path_len: u32| {
+        w::path_create_directory(mem, wasi, fd, (path, path_len))
     });
-    wasi!(linker, "path_remove_directory", |mem, wasi, dirfd: i32, path: u32, path_len: u32| {
-        w::path_remove_directory(mem, wasi, dirfd, (path, path_len))
+    wasi!(linker, "path_unlink_file", |mem, wasi, fd: i32, path: u32, path_len: u32| {
+        w::path_unlink_file(mem, wasi, fd, (path, path_len))
+    });
+    wasi!(linker, "path_remove_directory", |mem, wasi, fd: i32, path: u32, path_len: u32| {
+        w::path_remove_directory(mem, wasi, fd, (path, path_len))
+    });
+    wasi!(linker, "path_link", |mem,
+                                wasi,
+                                old_fd: i32,
+                                old_flags: i32,
+                                old_path: u32,
+                                old_len: u32,
+                                new_fd: i32,
+                                new_path: u32,
+                                new_len: u32| {
+        w::path_link(mem, wasi, old_fd, old_flags, (old_path, old_len), new_fd, (new_path, new_len))
+    });
+    wasi!(linker, "path_rename", |mem,
+                                  wasi,
+                                  fd: i32,
+                                  old_path: u32,
+                                  old_len: u32,
+                                  new_fd: i32,
+                                  new_path: u32,
+                                  new_len: u32| {
+        w::path_rename(mem, wasi, fd, (old_path, old_len), new_fd, (new_path, new_len))
+    });
+    wasi!(linker, "path_symlink", |mem, wasi, old_path: u32, old_len: u32, fd: i32, new_path: u32, new_len: u32| {
+        w::path_symlink(mem, wasi, (old_path, old_len), fd, (new_path, new_len))
+    });
+    wasi!(linker, "path_readlink", |mem,
+                                    wasi,
+                                    fd: i32,
+                                    path: u32,
+                                    path_len: u32,
+                                    buf: u32,
+                                    buf_len: u32,
+                                    used: u32| {
+        w::path_readlink(mem, wasi, fd, (path, path_len), buf, buf_len, used)
     });
     wasi!(linker, "poll_oneoff", |mem, wasi, subs: u32, events: u32, count: u32, nevents: u32| {
         w::poll_oneoff(mem, wasi, subs, events, count, nevents)
     });
+    wasi!(linker, "sock_accept", |_mem, wasi, fd: i32, _flags: i32, _new_fd: u32| w::sock_call(wasi, fd));
+    wasi!(linker, "sock_recv", |_mem, wasi, fd: i32, _iovs: u32, _count: u32, _flags: i32, _len: u32, _out: u32| {
+        w::sock_call(wasi, fd)
+    });
+    wasi!(linker, "sock_send", |_mem, wasi, fd: i32, _iovs: u32, _count: u32, _flags: i32, _len: u32| {
+        w::sock_call(wasi, fd)
+    });
+    wasi!(linker, "sock_shutdown", |_mem, wasi, fd: i32, _how: i32| w::sock_call(wasi, fd));
     if linker.wants("sched_yield") {
         linker.linker.func_wrap(MODULE, "sched_yield", || -> i32 { 0 })?;
     }
@@ -239,26 +298,8 @@ pub fn link(linker: &mut Linker<State>, module: &Module) -> wasmtime::Result<()>
             Err(wasmtime::Error::new(Exit(code)))
         })?;
     }
-    unsupported!(linker,
-        "fd_advise": (i32, i64, i64, i32),
-        "fd_allocate": (i32, i64, i64),
-        "fd_fdstat_set_flags": (i32, i32),
-        "fd_fdstat_set_rights": (i32, i64, i64),
-        "fd_filestat_set_size": (i32, i64),
-        "fd_filestat_set_times": (i32, i64, i64, i32),
-        "fd_pread": (i32, i32, i32, i64, i32),
-        "fd_pwrite": (i32, i32, i32, i64, i32),
-        "fd_renumber": (i32, i32),
-        "path_filestat_set_times": (i32, i32, i32, i32, i64, i64, i32),
-        "path_link": (i32, i32, i32, i32, i32, i32, i32),
-        "path_readlink": (i32, i32, i32, i32, i32, i32),
-        "path_rename": (i32, i32, i32, i32, i32, i32),
-        "path_symlink": (i32, i32, i32, i32, i32),
-        "proc_raise": (i32),
-        "sock_accept": (i32, i32, i32),
-        "sock_recv": (i32, i32, i32, i32, i32, i32),
-        "sock_send": (i32, i32, i32, i32, i32),
-        "sock_shutdown": (i32, i32),
-    );
+    if linker.wants("proc_raise") {
+        linker.linker.func_wrap(MODULE, "proc_raise", |_signal: i32| -> i32 { i32::from(errno::NOSYS) })?;
+    }
     Ok(())
 }

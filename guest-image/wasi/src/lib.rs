@@ -1,6 +1,6 @@
-//! The guest's job runtime without its hardware and its engine: the job and
-//! output archives (tar.rs), the `/in` and `/out` file tree (fs.rs) and every
-//! WASI preview 1 function a job may import (wasi.rs), over a plain linear
+//! The guest's job runtime without its hardware and its engine: the job
+//! archive (tar.rs), the job's filesystem (vfs.rs, on the image format of
+//! fsimage.rs) and every WASI preview 1 function (wasi.rs), over a plain linear
 //! memory `&mut [u8]`. The guest kernel supplies the devices through the
 //! traits below and registers the functions with its WebAssembly engine;
 //! everything here runs, and is unit-tested, on the host too.
@@ -9,9 +9,10 @@
 
 extern crate alloc;
 
-pub mod fs;
+pub mod errno;
 pub mod fsimage;
 pub mod tar;
+pub mod vfs;
 pub mod wasi;
 
 #[cfg(test)]
@@ -20,7 +21,7 @@ mod testing;
 /// The unit of every disk transfer, in bytes.
 pub const SECTOR: usize = 512;
 
-/// A disk addressed in sectors: the job disk and the output disk.
+/// A disk addressed in sectors: the job disk and the filesystem disk.
 pub trait BlockDevice {
     type Error: core::fmt::Debug;
 

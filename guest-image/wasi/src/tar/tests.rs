@@ -2,7 +2,6 @@
 //! by byte; the output writer's archives taken apart by a parser of these
 //! tests' own, so that neither side vouches for the other.
 
-use std::string::String;
 use std::vec::Vec;
 
 use super::*;
@@ -48,33 +47,29 @@ fn read(image: Vec<u8>) -> Result<Job, TarError<DiskError>> {
     read_job(&mut MemDisk::new(image))
 }
 
-fn input_bytes(image: &[u8], file: &InputFile) -> Vec<u8> {
-    image[file.offset as usize..(file.offset + file.size) as usize].to_vec()
-}
-
 #[test]
-fn a_job_disk_yields_its_module_arguments_environment_and_inputs() {
+fn a_job_disk_yields_its_module_arguments_environment_and_preopens() {
     let image = archive(&[
         (b"job/module.cwasm", b'0', b"\x7fELF-code"),
         (b"job/args", b'0', b"wc\0-l\0\0last\0"),
         (b"job/env", 0, b"A=1\0B=2\0"),
         (b"in/words.txt", b'0', &[b'w'; 700]),
-        (b"in/", b'0', b"a name that is only the folder"),
-        (b"in/sub", b'5', b""),
-        (b"in/link", b'2', b""),
+        (b"job/preopens", b'0', b"/in\0/out\0/\0"),
         (b"elsewhere/x", b'0', b"ignored"),
-        (b"in/empty", b'0', b""),
     ]);
-    let job = read(image.clone()).unwrap();
+    let job = read(image).unwrap();
     assert_eq!(&job.module[..], b"\x7fELF-code");
     assert_eq!(job.args, [&b"wc"[..], b"-l", b"", b"last"]);
     assert_eq!(job.env, [&b"A=1"[..], b"B=2"]);
-    let names: Vec<&str> = job.inputs.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["words.txt", "empty"]);
-    assert_eq!(input_bytes(&image, &job.inputs[0]), [b'w'; 700]);
-    assert_eq!(job.inputs[1].size, 0);
-    // Each entry's data starts right after its header, on a block boundary.
-    assert_eq!(job.inputs[0].offset % BLOCK as u64, 0);
+    assert_eq!(job.preopens, ["/in", "/out", "/"]);
+}
+
+#[test]
+fn preopens_that_are_not_utf8_are_refused_and_none_is_none() {
+    let bad = archive(&[(b"job/module.cwasm", b'0', b"m"), (b"job/preopens", b'0', b"/\xff\0")]);
+    assert!(matches!(read(bad), Err(TarError::BadHeader(_))));
+    let none = read(archive(&[(b"job/module.cwasm", b'0', b"m")])).unwrap();
+    assert!(none.preopens.is_empty());
 }
 
 #[test]
@@ -83,13 +78,12 @@ fn a_prefix_field_is_joined_to_the_name_with_a_slash() {
     image.extend_from_slice(&header(b"module.cwasm", b"job", 4, b'0'));
     image.extend_from_slice(b"wasm");
     image.resize(BLOCK * 2, 0);
-    image.extend_from_slice(&header(b"deep.txt", b"in/a", 2, b'0'));
-    image.extend_from_slice(b"hi");
+    image.extend_from_slice(&header(b"preopens", b"job", 3, b'0'));
+    image.extend_from_slice(b"/a\0");
     image.resize(BLOCK * 4, 0);
     let job = read(image.clone()).unwrap();
     assert_eq!(&job.module[..], b"wasm");
-    assert_eq!(job.inputs[0].name, "a/deep.txt");
-    assert_eq!(input_bytes(&image, &job.inputs[0]), b"hi");
+    assert_eq!(job.preopens, ["/a"]);
 }
 
 #[test]
@@ -115,29 +109,29 @@ fn a_disk_without_a_module_is_refused() {
 fn the_first_zero_block_ends_the_archive() {
     let mut image = archive(&[(b"job/module.cwasm", b'0', b"first")]);
     push_entry(&mut image, b"job/module.cwasm", b'0', b"after the end");
-    push_entry(&mut image, b"in/late", b'0', b"after the end");
+    push_entry(&mut image, b"job/preopens", b'0', b"/late\0");
     let job = read(image).unwrap();
     assert_eq!(&job.module[..], b"first");
-    assert!(job.inputs.is_empty());
+    assert!(job.preopens.is_empty());
 }
 
 #[test]
 fn a_header_in_the_last_block_of_the_disk_is_read() {
     let mut image = Vec::new();
-    push_entry(&mut image, b"in/a", b'0', b"x");
+    push_entry(&mut image, b"job/preopens", b'0', b"/x\0");
     push_entry(&mut image, b"job/module.cwasm", b'0', b"");
     let job = read(image).unwrap();
     assert_eq!(&job.module[..], b"");
-    assert_eq!(job.inputs.len(), 1);
+    assert_eq!(job.preopens, ["/x"]);
 }
 
 #[test]
 fn a_truncated_archive_ends_where_the_disk_does_or_is_refused_mid_entry() {
-    let full = archive(&[(b"job/module.cwasm", b'0', b"m"), (b"in/a", b'0', b"a")]);
+    let full = archive(&[(b"job/module.cwasm", b'0', b"m"), (b"job/preopens", b'0', b"/\0")]);
     // Cut after a whole entry: no end marker, the disk's end is the end.
     let job = read(full[..2 * BLOCK].to_vec()).unwrap();
     assert_eq!(&job.module[..], b"m");
-    assert!(job.inputs.is_empty());
+    assert!(job.preopens.is_empty());
     // Cut between a header and its data.
     assert!(matches!(read(full[..3 * BLOCK].to_vec()), Err(TarError::BadHeader(1024))));
 }
@@ -250,190 +244,4 @@ fn a_disk_error_is_passed_on() {
     assert_eq!(format!("{:?}", TarError::Disk("broken")), "disk error \"broken\"");
     assert_eq!(format!("{:?}", TarError::<()>::BadHeader(512)), "bad archive header at byte 512");
     assert_eq!(format!("{:?}", TarError::<()>::Missing("job/module.cwasm")), "job/module.cwasm is missing");
-}
-
-/// One entry of an archive as its header says, checked field by field.
-#[derive(Debug, PartialEq)]
-struct Parsed {
-    path: String,
-    kind: u8,
-    mode: u64,
-    data: Vec<u8>,
-}
-
-fn field_octal(field: &[u8]) -> u64 {
-    let text = std::str::from_utf8(field).unwrap().trim_end_matches(['\0', ' ']);
-    u64::from_str_radix(text, 8).unwrap_or_else(|_| panic!("not octal: {field:?}"))
-}
-
-fn cstr(field: &[u8]) -> String {
-    String::from_utf8(field.split(|b| *b == 0).next().unwrap().to_vec()).unwrap()
-}
-
-/// Takes an archive apart; panics on anything a strict reader would refuse.
-fn parse(image: &[u8]) -> Vec<Parsed> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    loop {
-        let h = &image[at..at + BLOCK];
-        if h.iter().all(|b| *b == 0) {
-            assert!(image[at + BLOCK..at + 2 * BLOCK].iter().all(|b| *b == 0), "the end marker is two zero blocks");
-            return out;
-        }
-        let sum: u64 =
-            h.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) }).sum();
-        assert_eq!(field_octal(&h[148..154]), sum, "checksum at {at}");
-        assert_eq!(&h[154..156], b"\0 ");
-        assert_eq!(&h[257..265], b"ustar\x0000");
-        for (range, what) in [(108..116, "uid"), (116..124, "gid"), (136..148, "mtime")] {
-            assert_eq!(field_octal(&h[range.clone()]), 0, "{what}");
-            assert_eq!(h[range.end - 1], 0, "{what} ends in NUL");
-        }
-        assert_eq!(h[123], 0);
-        let size = field_octal(&h[124..136]) as usize;
-        let prefix = cstr(&h[345..500]);
-        let name = cstr(&h[..100]);
-        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        let data = image[at + BLOCK..at + BLOCK + size].to_vec();
-        let end = at + BLOCK + size.next_multiple_of(BLOCK);
-        assert!(image[at + BLOCK + size..end].iter().all(|b| *b == 0), "padding after {path}");
-        out.push(Parsed { path, kind: h[156], mode: field_octal(&h[100..108]), data });
-        at = end;
-    }
-}
-
-fn file(path: &str, data: &[u8]) -> Parsed {
-    Parsed { path: path.into(), kind: b'0', mode: 0o644, data: data.to_vec() }
-}
-
-fn dir(path: &str) -> Parsed {
-    Parsed { path: format!("{path}/"), kind: b'5', mode: 0o755, data: Vec::new() }
-}
-
-fn tree(entries: &[(&str, Option<&[u8]>)]) -> Node {
-    let mut root = Node::dir();
-    for (path, data) in entries {
-        let parts: Vec<String> = path.split('/').map(String::from).collect();
-        let node = match data {
-            Some(d) => Node::File(d.to_vec()),
-            None => Node::dir(),
-        };
-        root.parent_mut(&parts).unwrap().insert(parts.last().unwrap().clone(), node);
-    }
-    root
-}
-
-#[test]
-fn the_outputs_are_written_as_an_archive_that_reads_back() {
-    let big: Vec<u8> = (0..CHUNK + 1000).map(|i| (i % 253) as u8).collect();
-    let out = tree(&[
-        ("a.txt", Some(b"hello")),
-        ("d", None),
-        ("d/big", Some(&big)),
-        ("d/e", None),
-        ("d/exact", Some(&[1; BLOCK])),
-        ("empty", Some(b"")),
-    ]);
-    let mut disk = MemDisk::zeroed(1024);
-    let size = write_outputs(&out, &mut disk).unwrap();
-    assert_eq!(
-        parse(&disk.data),
-        [
-            file("a.txt", b"hello"),
-            dir("d"),
-            file("d/big", &big),
-            dir("d/e"),
-            file("d/exact", &[1; BLOCK]),
-            file("empty", b"")
-        ]
-    );
-    let expected = 6 * BLOCK + BLOCK + (CHUNK + 1000).next_multiple_of(BLOCK) + BLOCK + 2 * BLOCK;
-    assert_eq!(size, expected as u64);
-    assert!(disk.data[expected..].iter().all(|b| *b == 0), "nothing written past the archive");
-    // Whole chunks while there is more, then the rest.
-    assert_eq!(disk.transfers, [(0, CHUNK), ((CHUNK / SECTOR) as u64, expected - CHUNK)]);
-}
-
-#[test]
-fn an_empty_tree_is_just_the_end_marker() {
-    let mut disk = MemDisk::new(vec![0xaa; 4 * BLOCK]);
-    assert_eq!(write_outputs(&Node::dir(), &mut disk).unwrap(), 2 * BLOCK as u64);
-    assert!(disk.data[..2 * BLOCK].iter().all(|b| *b == 0));
-    assert!(disk.data[2 * BLOCK..].iter().all(|b| *b == 0xaa));
-}
-
-#[test]
-fn long_paths_use_the_prefix_field_and_the_longest_fail() {
-    let name100 = "n".repeat(100);
-    let ok = [
-        name100.clone(),
-        format!("{}/{}", "p".repeat(155), "n".repeat(100)),
-        format!("{}/x", "p".repeat(155)),
-        format!("a/{}", "n".repeat(100)),
-        format!("{}/b/{}", "p".repeat(80), "n".repeat(99)),
-    ];
-    for path in &ok {
-        let mut disk = MemDisk::zeroed(8);
-        let mut writer = TarWriter::new(&mut disk);
-        writer.entry(path, Some(b"x")).unwrap();
-        writer.finish().unwrap();
-        assert_eq!(parse(&disk.data), [file(path, b"x")], "{}", path.len());
-    }
-    let too_long = [
-        "n".repeat(101),
-        format!("{}/{}", "p".repeat(156), "n".repeat(100)),
-        format!("{}/{}", "p".repeat(155), "n".repeat(101)),
-        format!("/{}", "n".repeat(100)),
-    ];
-    for path in &too_long {
-        let mut disk = MemDisk::zeroed(8);
-        let mut writer = TarWriter::new(&mut disk);
-        assert!(matches!(writer.entry(path, Some(b"x")), Err(WriteError::NameTooLong)), "{}", path.len());
-    }
-    // A directory's trailing slash makes a 100-byte name 101: it moves to
-    // the prefix, with an empty name.
-    let mut disk = MemDisk::zeroed(8);
-    let mut writer = TarWriter::new(&mut disk);
-    writer.entry(&"d".repeat(100), None).unwrap();
-    writer.finish().unwrap();
-    assert_eq!(parse(&disk.data), [dir(&"d".repeat(100))]);
-    assert_eq!(disk.data[0], 0);
-}
-
-#[test]
-fn an_archive_that_does_not_fit_is_refused_and_one_that_just_fits_is_not() {
-    let out = tree(&[("f", Some(&[9; 3 * BLOCK]))]);
-    // Header, three data blocks, end marker.
-    let mut exact = MemDisk::zeroed(6);
-    assert_eq!(write_outputs(&out, &mut exact).unwrap(), 6 * BLOCK as u64);
-    assert_eq!(parse(&exact.data), [file("f", &[9; 3 * BLOCK])]);
-    let mut short = MemDisk::zeroed(5);
-    assert!(matches!(write_outputs(&out, &mut short), Err(WriteError::Full)));
-    assert!(short.transfers.is_empty(), "nothing written to a disk it does not fit");
-    // The same at a chunk boundary: the first chunk fits, the second not.
-    let big = tree(&[("f", Some(&vec![1; CHUNK]))]);
-    let mut disk = MemDisk::zeroed(CHUNK / SECTOR + 2);
-    assert!(matches!(write_outputs(&big, &mut disk), Err(WriteError::Full)));
-    assert_eq!(disk.transfers, [(0, CHUNK)]);
-    assert_eq!(format!("{:?}", WriteError::<()>::Full), "the output disk is full");
-    assert_eq!(format!("{:?}", WriteError::<()>::NameTooLong), "a path does not fit in a ustar header");
-    assert_eq!(format!("{:?}", WriteError::Disk(3)), "disk error 3");
-}
-
-#[test]
-fn a_failing_disk_write_is_passed_on() {
-    struct Failing;
-    impl BlockDevice for Failing {
-        type Error = u8;
-        fn capacity_sectors(&self) -> u64 {
-            100
-        }
-        fn read(&mut self, _: u64, _: &mut [u8]) -> Result<(), u8> {
-            Err(1)
-        }
-        fn write(&mut self, _: u64, _: &[u8]) -> Result<(), u8> {
-            Err(2)
-        }
-    }
-    assert!(matches!(write_outputs(&tree(&[("f", Some(b"x"))]), &mut Failing), Err(WriteError::Disk(2))));
 }

@@ -6,18 +6,16 @@ use std::string::String;
 use std::vec::Vec;
 
 use super::*;
-use crate::testing::{Counter, FakeClock, MemDisk, Recorder, Script, Test};
+use crate::fsimage::ROOT;
+use crate::testing::{Counter, FakeClock, ImageBuilder, Recorder, Script, Test};
+use crate::vfs::Fs;
 
 const MEM: usize = 0x1_0000;
 const END: u32 = MEM as u32;
 const WALL_AT_ZERO: u64 = 1_700_000_000_000_000_000;
 const START_NS: u64 = 5_000;
 const A_TXT: &[u8] = b"alpha\n";
-/// Where the input files sit on the job disk; the bytes around them are
-/// 0xee, so a read that strays off a file shows.
-const A_AT: u64 = 512 + 100;
-const B_AT: u64 = 1536;
-const B_LEN: usize = 2000;
+const B_LEN: usize = 10_000;
 
 /// Scratch addresses in linear memory.
 const RESULT: u32 = 0x80;
@@ -34,16 +32,20 @@ struct T {
     mem: Vec<u8>,
 }
 
+/// A job as the host sets one up: /in (read-only: a.txt, b.bin, sub/c,
+/// and a symlink to a.txt), /out (writable, empty), the root read-only;
+/// preopens /in, /out and / as fds 3, 4 and 5.
 fn job() -> T {
-    let mut disk = vec![0xee; 4096];
-    disk[A_AT as usize..A_AT as usize + A_TXT.len()].copy_from_slice(A_TXT);
-    disk[B_AT as usize..B_AT as usize + B_LEN].copy_from_slice(&b_bin());
-    let inputs = vec![
-        InputFile { name: "a.txt".into(), offset: A_AT, size: A_TXT.len() as u64 },
-        InputFile { name: "b.bin".into(), offset: B_AT, size: B_LEN as u64 },
-    ];
+    let mut image = ImageBuilder::new();
+    let input = image.mount("/in", true);
+    image.file(input, "a.txt", A_TXT);
+    image.file(input, "b.bin", &b_bin());
+    let sub = image.dir(input, "sub");
+    image.file(sub, "c", b"see");
+    image.symlink(input, "link", "a.txt");
+    image.mount("/out", false);
+    let fs = Fs::load(image.build(256), 1 << 20).unwrap();
     let devices = Devices {
-        job_disk: MemDisk::new(disk),
         stdin: Script { data: b"line one\nline two\n".to_vec(), chunk: 5 },
         stdout: Recorder::default(),
         stderr: Recorder::default(),
@@ -51,7 +53,9 @@ fn job() -> T {
         entropy: Counter(0),
     };
     let args = vec![b"wc".to_vec(), Vec::new(), b"-l".to_vec()];
-    T { w: Wasi::new(args, vec![b"A=1".to_vec(), b"PATH=/x".to_vec()], inputs, devices), mem: vec![0; MEM] }
+    let preopens = ["/in".to_string(), "/out".to_string(), "/".to_string()];
+    let env = vec![b"A=1".to_vec(), b"PATH=/x".to_vec()];
+    T { w: Wasi::new(args, env, fs, &preopens, devices).unwrap(), mem: vec![0; MEM] }
 }
 
 fn u32_at(mem: &[u8], at: u32) -> u32 {
@@ -79,10 +83,42 @@ impl T {
         (PATH, path.len() as u32)
     }
 
+    /// Opens asking for every right, following symlinks.
     fn open(&mut self, dirfd: i32, path: &str, oflags: i32, fdflags: i32) -> Result<i32, Errno> {
+        let all = rights::INHERITING as i64;
+        self.open_with(dirfd, 1, path, oflags, all, all, fdflags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_with(
+        &mut self,
+        dirfd: i32,
+        dirflags: i32,
+        path: &str,
+        oflags: i32,
+        base: i64,
+        inheriting: i64,
+        fdflags: i32,
+    ) -> Result<i32, Errno> {
         let p = self.path(path);
-        path_open(&mut self.mem, &mut self.w, dirfd, p, oflags, fdflags, RESULT)?;
-        Ok(u32_at(&self.mem, RESULT) as i32)
+        set(&mut self.mem, RESULT, &[0xaa; 4]);
+        let result =
+            path_open(&mut self.mem, &mut self.w, dirfd, dirflags, p, oflags, base, inheriting, fdflags, RESULT);
+        if result.is_err() {
+            assert_eq!(u32_at(&self.mem, RESULT), 0xaaaa_aaaa, "no fd written on failure");
+        }
+        result.map(|()| u32_at(&self.mem, RESULT) as i32)
+    }
+
+    /// Opens for reading and writing.
+    fn open_rw(&mut self, dirfd: i32, path: &str, oflags: i32) -> Result<i32, Errno> {
+        self.open(dirfd, path, oflags, 0)
+    }
+
+    /// Opens for reading only (the rights wasi-libc asks for O_RDONLY).
+    fn open_ro(&mut self, dirfd: i32, path: &str) -> Result<i32, Errno> {
+        let base = (rights::FILE & !rights::FILE_CHANGE) as i64;
+        self.open_with(dirfd, 1, path, 0, base, base, 0)
     }
 
     /// Writes `chunks`, one iovec each; returns what fd_write reported.
@@ -133,8 +169,12 @@ impl T {
     }
 
     fn path_stat(&mut self, dirfd: i32, path: &str) -> Result<[u8; 64], Errno> {
+        self.path_stat_with(dirfd, 1, path)
+    }
+
+    fn path_stat_with(&mut self, dirfd: i32, flags: i32, path: &str) -> Result<[u8; 64], Errno> {
         let p = self.path(path);
-        path_filestat_get(&mut self.mem, &mut self.w, dirfd, p, RESULT)?;
+        path_filestat_get(&mut self.mem, &mut self.w, dirfd, flags, p, RESULT)?;
         Ok(self.mem[RESULT as usize..RESULT as usize + 64].try_into().unwrap())
     }
 
@@ -175,12 +215,53 @@ impl T {
         Ok((entries, used))
     }
 
-    fn out_file(&self, path: &[&str]) -> Option<&[u8]> {
-        let path: Vec<String> = path.iter().map(|p| String::from(*p)).collect();
-        match self.w.out.lookup(&path) {
-            Some(Node::File(content)) => Some(content),
-            _ => None,
-        }
+    /// A file's content as the filesystem holds it, by path from the root.
+    fn content(&mut self, path: &str) -> Option<Vec<u8>> {
+        let ino = self.w.fs.resolve(ROOT, path.as_bytes(), false).ok()?;
+        let mut buf = vec![0u8; self.w.fs.node(ino).size as usize];
+        let n = self.w.fs.read(ino, 0, &mut buf, 0).ok()?;
+        Some(buf[..n].to_vec())
+    }
+
+    /// Two paths, the second after the first, for the two-path functions.
+    fn paths(&mut self, a: &str, b: &str) -> ((u32, u32), (u32, u32)) {
+        let second = PATH + 0x200;
+        set(&mut self.mem, PATH, a.as_bytes());
+        set(&mut self.mem, second, b.as_bytes());
+        ((PATH, a.len() as u32), (second, b.len() as u32))
+    }
+
+    fn rename(&mut self, fd: i32, from: &str, to_fd: i32, to: &str) -> Result<(), Errno> {
+        let (a, b) = self.paths(from, to);
+        path_rename(&mut self.mem, &mut self.w, fd, a, to_fd, b)
+    }
+
+    fn link(&mut self, fd: i32, flags: i32, from: &str, to_fd: i32, to: &str) -> Result<(), Errno> {
+        let (a, b) = self.paths(from, to);
+        path_link(&mut self.mem, &mut self.w, fd, flags, a, to_fd, b)
+    }
+
+    fn symlink(&mut self, target: &str, fd: i32, path: &str) -> Result<(), Errno> {
+        let (a, b) = self.paths(target, path);
+        path_symlink(&mut self.mem, &mut self.w, a, fd, b)
+    }
+
+    fn readlink(&mut self, fd: i32, path: &str, len: u32) -> Result<Vec<u8>, Errno> {
+        let p = self.path(path);
+        path_readlink(&mut self.mem, &mut self.w, fd, p, DATA, len, RESULT)?;
+        let n = u32_at(&self.mem, RESULT);
+        Ok(self.mem[DATA as usize..(DATA + n) as usize].to_vec())
+    }
+
+    fn fdstat(&mut self, fd: i32) -> Result<(u8, u16, u64, u64), Errno> {
+        fd_fdstat_get(&mut self.mem, &mut self.w, fd, RESULT)?;
+        let m = &self.mem;
+        Ok((
+            m[RESULT as usize],
+            u16::from_le_bytes([m[RESULT as usize + 2], m[RESULT as usize + 3]]),
+            u64_at(m, RESULT + 8),
+            u64_at(m, RESULT + 16),
+        ))
     }
 }
 
@@ -189,6 +270,7 @@ type Dirent = (u64, u64, String, u8);
 
 const IN: i32 = 3;
 const OUT: i32 = 4;
+const SLASH: i32 = 5;
 
 #[test]
 fn memory_ranges_are_checked_at_and_past_the_end() {
@@ -332,18 +414,20 @@ fn hostile_iovec_arrays_are_efault() {
     for iov in [(END - 1, 2), (END, 1), (u32::MAX, 1), (1, u32::MAX), (u32::MAX, u32::MAX)] {
         set_iovs(&mut t.mem, IOVS, &[iov]);
         assert_eq!(fd_write(&mut t.mem, &mut t.w, 1, IOVS, 1, RESULT), Err(errno::FAULT), "{iov:x?}");
-        let fd = t.open(IN, "a.txt", 0, 0).unwrap();
+        let fd = t.open_ro(IN, "a.txt").unwrap();
         set_iovs(&mut t.mem, IOVS, &[iov]);
         assert_eq!(fd_read(&mut t.mem, &mut t.w, fd, IOVS, 1, RESULT), Err(errno::FAULT), "{iov:x?}");
         fd_close(&mut t.w, fd).unwrap();
     }
     assert_eq!(t.w.devices.stdout.data, [0]);
-    // Lengths that each fit but add up past what fd_write can count, told
-    // apart from the fd's own check, which comes after.
+    // Lengths that add up past what fd_write can count, told apart from
+    // the buffers' check and the fd's, which come after.
     set_iovs(&mut t.mem, IOVS, &[(0, u32::MAX), (0, 1)]);
     assert_eq!(fd_write(&mut t.mem, &mut t.w, 99, IOVS, 2, RESULT), Err(errno::INVAL));
     assert_eq!(fd_write(&mut t.mem, &mut t.w, 1, IOVS, 2, RESULT), Err(errno::INVAL));
     set_iovs(&mut t.mem, IOVS, &[(0, u32::MAX - 1), (0, 1)]);
+    assert_eq!(fd_write(&mut t.mem, &mut t.w, 99, IOVS, 2, RESULT), Err(errno::FAULT));
+    set_iovs(&mut t.mem, IOVS, &[(0, 1), (0, 1)]);
     assert_eq!(fd_write(&mut t.mem, &mut t.w, 99, IOVS, 2, RESULT), Err(errno::BADF));
     // The count written where it does not fit.
     set_iovs(&mut t.mem, IOVS, &[(0, 1)]);
@@ -351,22 +435,31 @@ fn hostile_iovec_arrays_are_efault() {
     assert_eq!(fd_read(&mut t.mem, &mut t.w, 0, IOVS, 1, END - 3), Err(errno::FAULT));
 }
 
+fn u64_at_slice(stat: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(stat[at..at + 8].try_into().unwrap())
+}
+
+fn ino_of(stat: &[u8; 64]) -> u64 {
+    u64_at_slice(stat, 8)
+}
+
 #[test]
 fn writes_and_reads_go_only_where_the_fd_allows() {
     let mut t = job();
     assert_eq!(t.write(0, &[b"x"]), Err(errno::BADF));
-    assert_eq!(t.write(IN, &[b"x"]), Err(errno::ISDIR));
-    assert_eq!(t.write(OUT, &[b"x"]), Err(errno::ISDIR));
-    let input = t.open(IN, "a.txt", 0, 0).unwrap();
+    assert_eq!(t.write(IN, &[b"x"]), Err(errno::BADF), "a directory is never open for writing");
+    let input = t.open_ro(IN, "a.txt").unwrap();
     assert_eq!(t.write(input, &[b"x"]), Err(errno::BADF));
-    for fd in [-1, 6, 99, i32::MIN] {
+    for fd in [-1, 60, 99, i32::MIN] {
         assert_eq!(t.write(fd, &[b"x"]), Err(errno::BADF));
         assert_eq!(t.read(fd, &[1]), Err(errno::BADF));
     }
     assert_eq!(t.read(1, &[1]), Err(errno::BADF));
     assert_eq!(t.read(2, &[1]), Err(errno::BADF));
     assert_eq!(t.read(IN, &[1]), Err(errno::ISDIR));
-    assert_eq!(t.read(OUT, &[1]), Err(errno::ISDIR));
+    // A file opened without FD_READ cannot be read.
+    let w = t.open_with(OUT, 0, "w", OFLAGS_CREAT, rights::FD_WRITE as i64, 0, 0).unwrap();
+    assert_eq!(t.read(w, &[1]), Err(errno::BADF));
     // stdin delivers what its stream has (5 bytes at a time here), filling
     // the next buffer only when the one before is full, then its end.
     assert_eq!(t.read(0, &[4, 4]).unwrap(), (8, vec![b"line".to_vec(), b" one".to_vec()]));
@@ -374,477 +467,561 @@ fn writes_and_reads_go_only_where_the_fd_allows() {
     assert_eq!(t.read(0, &[16]).unwrap(), (5, vec![b" two\n\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa".to_vec()]));
     assert_eq!(t.read(0, &[16]).unwrap().0, 0);
     assert!(t.w.devices.stdout.data.is_empty() && t.w.devices.stderr.data.is_empty());
+    // Streams whose rights were given up.
+    fd_fdstat_set_rights(&mut t.w, 0, 0, 0).unwrap();
+    fd_fdstat_set_rights(&mut t.w, 1, 0, 0).unwrap();
+    assert_eq!(t.read(0, &[1]), Err(errno::BADF));
+    assert_eq!(t.write(1, &[b"x"]), Err(errno::BADF));
 }
 
 #[test]
-fn input_files_read_across_sectors_and_stop_at_their_end() {
+fn input_files_read_across_blocks_and_stop_at_their_end() {
     let mut t = job();
-    let b = b_bin();
-    let fd = t.open(IN, "b.bin", 0, 0).unwrap();
-    assert_eq!(fd, 5);
-    assert_eq!(
-        t.read(fd, &[10, 1000, 5]).unwrap(),
-        (1015, vec![b[..10].to_vec(), b[10..1010].to_vec(), b[1010..1015].to_vec()])
-    );
-    assert_eq!(t.tell(fd), 1015);
-    // A short read fills the first buffer partly and leaves the next alone.
-    let (n, buffers) = t.read(fd, &[1000, 8]).unwrap();
-    assert_eq!(n, 985);
-    assert_eq!(buffers[0][..985], b[1015..]);
-    assert_eq!(buffers[0][985..], [0xaa; 15]);
-    assert_eq!(buffers[1], [0xaa; 8]);
-    assert_eq!(t.read(fd, &[8]).unwrap(), (0, vec![vec![0xaa; 8]]));
-    // From an offset inside a sector, past the end, and a whole small file.
-    assert_eq!(t.seek(fd, 511, 0), Ok(511));
-    assert_eq!(t.read_all(fd), b[511..]);
-    assert_eq!(t.seek(fd, 5000, 0), Ok(5000));
-    assert_eq!(t.read(fd, &[8]).unwrap().0, 0);
-    let a = t.open(IN, "a.txt", 0, 0).unwrap();
-    assert_eq!(t.read_all(a), A_TXT);
-    // Every transfer asked of the disk is whole sectors inside it.
-    assert!(t.w.devices.job_disk.transfers.iter().all(|(sector, len)| *sector * 512 + *len as u64 <= 4096));
+    let fd = t.open_ro(IN, "b.bin").unwrap();
+    let (n, buffers) = t.read(fd, &[100, 5000]).unwrap();
+    assert_eq!(n, 5100);
+    assert_eq!([&buffers[0][..], &buffers[1][..]].concat(), b_bin()[..5100]);
+    let (n, buffers) = t.read(fd, &[0x1000, 0x1000]).unwrap();
+    assert_eq!(n as usize, B_LEN - 5100);
+    assert_eq!(&[&buffers[0][..], &buffers[1][..]].concat()[..n as usize], &b_bin()[5100..]);
+    assert_eq!(t.read(fd, &[10]).unwrap().0, 0, "at the end");
+    let link = t.open_ro(IN, "link").unwrap();
+    assert_eq!(t.read_all(link), A_TXT);
+    let c = t.open_ro(IN, "sub/../sub/c").unwrap();
+    assert_eq!(t.read_all(c), b"see");
+    let c = t.open_ro(SLASH, "in/sub/c").unwrap();
+    assert_eq!(t.read_all(c), b"see", "through the root preopen as well");
 }
 
 #[test]
-fn an_input_read_asks_the_disk_for_at_most_a_mebibyte() {
+fn files_are_created_written_overwritten_extended_and_read_back() {
     let mut t = job();
-    let size = INPUT_READ_MAX * 2 + 1000;
-    t.w.inputs[1].size = size as u64;
-    t.w.devices.job_disk = MemDisk::new((0..B_AT as usize + size).map(|i| (i % 253) as u8).collect());
-    t.mem = vec![0; 4 * INPUT_READ_MAX];
-    let fd = t.open(IN, "b.bin", 0, 0).unwrap();
-    // The cap makes a short read, so the next iovec stays empty.
-    set_iovs(&mut t.mem, IOVS, &[(DATA, 3 * INPUT_READ_MAX as u32), (0x10, 8)]);
-    fd_read(&mut t.mem, &mut t.w, fd, IOVS, 2, RESULT).unwrap();
-    assert_eq!(t.mem[0x10..0x18], [0; 8]);
-    assert_eq!(u32_at(&t.mem, RESULT), INPUT_READ_MAX as u32);
-    let expected: Vec<u8> = (B_AT as usize..B_AT as usize + INPUT_READ_MAX).map(|i| (i % 253) as u8).collect();
-    assert_eq!(t.mem[DATA as usize..DATA as usize + INPUT_READ_MAX], expected);
-    assert_eq!(t.w.devices.job_disk.transfers, [(B_AT / 512, INPUT_READ_MAX)]);
-    assert_eq!(t.tell(fd), INPUT_READ_MAX as u64);
-}
-
-#[test]
-fn a_failing_job_disk_is_eio() {
-    let mut t = job();
-    t.w.inputs[0].offset = 4096 - 2;
-    let fd = t.open(IN, "a.txt", 0, 0).unwrap();
-    assert_eq!(t.read(fd, &[4]), Err(errno::IO));
-    assert_eq!(t.tell(fd), 0);
-}
-
-#[test]
-fn out_files_are_created_written_overwritten_extended_and_read_back() {
-    let mut t = job();
-    let fd = t.open(OUT, "f.txt", OFLAGS_CREAT, 0).unwrap();
+    let fd = t.open_rw(OUT, "f", OFLAGS_CREAT).unwrap();
     assert_eq!(t.write(fd, &[b"hello", b" world"]), Ok(11));
-    assert_eq!(t.tell(fd), 11);
-    assert_eq!(t.out_file(&["f.txt"]), Some(&b"hello world"[..]));
-    // Overwrite across the old end.
     assert_eq!(t.seek(fd, 6, 0), Ok(6));
-    assert_eq!(t.write(fd, &[b"WORLD!!"]), Ok(7));
-    assert_eq!(t.out_file(&["f.txt"]), Some(&b"hello WORLD!!"[..]));
-    // Overwrite inside, then past the end: the gap reads as zeros.
-    assert_eq!(t.seek(fd, 1, 0), Ok(1));
-    assert_eq!(t.write(fd, &[b"E"]), Ok(1));
-    assert_eq!(t.seek(fd, 2, 2), Ok(15));
-    assert_eq!(t.write(fd, &[b"!"]), Ok(1));
-    assert_eq!(t.out_file(&["f.txt"]), Some(&b"hEllo WORLD!!\0\0!"[..]));
+    assert_eq!(t.write(fd, &[b"WORLD!"]), Ok(6));
+    assert_eq!(t.seek(fd, 20, 0), Ok(20));
+    assert_eq!(t.write(fd, &[b"x"]), Ok(1));
+    let mut expect = b"hello WORLD!".to_vec();
+    expect.resize(20, 0);
+    expect.push(b'x');
+    assert_eq!(t.content("out/f").unwrap(), expect);
     assert_eq!(t.seek(fd, 0, 0), Ok(0));
-    assert_eq!(t.read_all(fd), b"hEllo WORLD!!\0\0!");
-    assert_eq!(t.tell(fd), 16);
-    // Reading spreads over iovecs, then stops at the end.
-    assert_eq!(t.seek(fd, -4, 2), Ok(12));
-    assert_eq!(t.read(fd, &[2, 3, 1]).unwrap(), (4, vec![b"!\0".to_vec(), vec![0, b'!', 0xaa], vec![0xaa]]));
-    assert_eq!(t.tell(fd), 16);
-    assert_eq!(t.seek(fd, 100, 0), Ok(100));
-    assert_eq!(t.read(fd, &[2]).unwrap(), (0, vec![vec![0xaa; 2]]));
-    assert_eq!(t.tell(fd), 100);
-    // Another fd on the same file sees the writes and has its own position.
-    let other = t.open(OUT, "f.txt", 0, 0).unwrap();
-    assert_eq!(t.read(other, &[5]).unwrap().1[0], b"hEllo");
-    assert_eq!(t.filestat(other).unwrap()[32..40], 16u64.to_le_bytes());
+    assert_eq!(t.read_all(fd), expect);
+    // Through the root preopen, and truncated on open.
+    let again = t.open_rw(SLASH, "out/f", OFLAGS_TRUNC).unwrap();
+    assert_eq!(t.read_all(again), b"");
+    assert_eq!(t.content("out/f").unwrap(), b"");
 }
 
 #[test]
-fn append_writes_at_the_end_whatever_the_position() {
+fn append_writes_at_the_end_whatever_the_position_and_flags_are_reported() {
     let mut t = job();
-    let fd = t.open(OUT, "log", OFLAGS_CREAT, 0).unwrap();
+    let flags = (fdflags::APPEND | fdflags::SYNC | fdflags::DSYNC) as i32;
+    let fd = t.open(OUT, "log", OFLAGS_CREAT, flags).unwrap();
     t.write(fd, &[b"one\n"]).unwrap();
-    let app = t.open(OUT, "log", 0, FDFLAGS_APPEND).unwrap();
-    assert_eq!(t.seek(app, 0, 0), Ok(0));
-    assert_eq!(t.write(app, &[b"two\n", b"three\n"]), Ok(10));
-    assert_eq!(t.tell(app), 14);
-    assert_eq!(t.out_file(&["log"]), Some(&b"one\ntwo\nthree\n"[..]));
-    // The file as another fd wrote it: the plain fd still writes at its own position.
-    assert_eq!(t.write(fd, &[b"ONE"]), Ok(3));
-    assert_eq!(t.out_file(&["log"]), Some(&b"one\nONE\nthree\n"[..]));
-    let mut stat = [0u8; 24];
-    fd_fdstat_get(&mut t.mem, &mut t.w, app, RESULT).unwrap();
-    stat.copy_from_slice(&t.mem[RESULT as usize..RESULT as usize + 24]);
-    assert_eq!(u16::from_le_bytes([stat[2], stat[3]]), 1, "FDFLAGS_APPEND");
+    t.seek(fd, 0, 0).unwrap();
+    t.write(fd, &[b"two\n"]).unwrap();
+    assert_eq!(t.tell(fd), 8);
+    assert_eq!(t.content("out/log").unwrap(), b"one\ntwo\n");
+    assert_eq!(t.fdstat(fd).unwrap().1, flags as u16);
+    assert_eq!(fd_fdstat_set_flags(&mut t.w, fd, 0), Ok(()));
+    t.seek(fd, 0, 0).unwrap();
+    t.write(fd, &[b"ONE"]).unwrap();
+    assert_eq!(t.content("out/log").unwrap(), b"ONE\ntwo\n");
+    assert_eq!(t.fdstat(fd).unwrap().1, 0);
+    assert_eq!(fd_fdstat_set_flags(&mut t.w, fd, 1 << 5), Err(errno::INVAL));
+    assert_eq!(fd_fdstat_set_flags(&mut t.w, 77, 0), Err(errno::BADF));
+    assert_eq!(t.open(OUT, "x", OFLAGS_CREAT, 1 << 5), Err(errno::INVAL));
+    fd_fdstat_set_rights(&mut t.w, fd, (rights::FD_READ | rights::FD_WRITE) as i64, 0).unwrap();
+    assert_eq!(fd_fdstat_set_flags(&mut t.w, fd, 1), Err(errno::NOTCAPABLE));
 }
 
 #[test]
-fn a_file_removed_under_its_fd_is_ebadf() {
+fn pread_and_pwrite_leave_the_position_alone() {
     let mut t = job();
-    let fd = t.open(OUT, "gone", OFLAGS_CREAT, 0).unwrap();
-    t.unlink(OUT, "gone").unwrap();
-    assert_eq!(t.write(fd, &[b"x"]), Err(errno::BADF));
-    assert_eq!(t.read(fd, &[1]), Err(errno::BADF));
-    assert_eq!(t.seek(fd, 0, 2), Err(errno::BADF));
-    assert_eq!(t.filestat(fd), Err(errno::BADF));
-    // A directory in its place is no file either.
-    t.mkdir(OUT, "gone").unwrap();
-    assert_eq!(t.write(fd, &[b"x"]), Err(errno::BADF));
-    assert_eq!(t.read(fd, &[1]), Err(errno::BADF));
-    assert_eq!(t.filestat(fd), Err(errno::BADF));
+    let fd = t.open_rw(OUT, "p", OFLAGS_CREAT).unwrap();
+    t.write(fd, &[b"0123456789"]).unwrap();
+    set(&mut t.mem, DATA, b"ab");
+    set_iovs(&mut t.mem, IOVS, &[(DATA, 2)]);
+    fd_pwrite(&mut t.mem, &mut t.w, fd, IOVS, 1, 3, RESULT).unwrap();
+    assert_eq!(u32_at(&t.mem, RESULT), 2);
+    assert_eq!(t.tell(fd), 10);
+    set_iovs(&mut t.mem, IOVS, &[(DATA, 4)]);
+    fd_pread(&mut t.mem, &mut t.w, fd, IOVS, 1, 2, RESULT).unwrap();
+    assert_eq!((u32_at(&t.mem, RESULT), &t.mem[DATA as usize..DATA as usize + 4]), (4, &b"2ab5"[..]));
+    assert_eq!(t.tell(fd), 10);
+    fd_pread(&mut t.mem, &mut t.w, fd, IOVS, 1, 100, RESULT).unwrap();
+    assert_eq!(u32_at(&t.mem, RESULT), 0, "past the end");
+    assert_eq!(fd_pread(&mut t.mem, &mut t.w, fd, IOVS, 1, -1, RESULT), Err(errno::INVAL));
+    assert_eq!(fd_pwrite(&mut t.mem, &mut t.w, fd, IOVS, 1, -1, RESULT), Err(errno::INVAL));
+    for stdio in [0, 1] {
+        assert_eq!(fd_pread(&mut t.mem, &mut t.w, stdio, IOVS, 1, 0, RESULT), Err(errno::SPIPE));
+    }
+    assert_eq!(fd_pwrite(&mut t.mem, &mut t.w, 1, IOVS, 1, 0, RESULT), Err(errno::SPIPE));
+    assert_eq!(fd_pread(&mut t.mem, &mut t.w, IN, IOVS, 1, 0, RESULT), Err(errno::ISDIR));
+    assert_eq!(fd_pwrite(&mut t.mem, &mut t.w, IN, IOVS, 1, 0, RESULT), Err(errno::BADF));
+    let ro = t.open_ro(IN, "a.txt").unwrap();
+    assert_eq!(fd_pwrite(&mut t.mem, &mut t.w, ro, IOVS, 1, 0, RESULT), Err(errno::BADF));
+    assert_eq!(fd_pread(&mut t.mem, &mut t.w, 99, IOVS, 1, 0, RESULT), Err(errno::BADF));
 }
 
 #[test]
-fn seek_and_tell_check_whence_the_result_and_the_fd() {
+fn seek_and_tell_check_whence_the_result_the_fd_and_its_rights() {
     let mut t = job();
-    let fd = t.open(IN, "b.bin", 0, 0).unwrap();
-    assert_eq!(t.seek(fd, 100, 0), Ok(100));
-    assert_eq!(t.seek(fd, 50, 1), Ok(150));
-    assert_eq!(t.seek(fd, -150, 1), Ok(0));
-    assert_eq!(t.seek(fd, -1, 2), Ok(B_LEN as u64 - 1));
-    assert_eq!(t.seek(fd, 10, 2), Ok(B_LEN as u64 + 10));
-    t.mem[RESULT as usize..RESULT as usize + 8].fill(0xaa);
-    for (offset, whence) in [(-1, 0), (-(B_LEN as i64) - 11, 1), (-(B_LEN as i64) - 1, 2), (0, 3), (0, -1)] {
-        assert_eq!(t.seek(fd, offset, whence), Err(errno::INVAL), "{offset} from {whence}");
-    }
-    assert_eq!(t.seek(fd, i64::MAX, 0), Ok(i64::MAX as u64));
-    assert_eq!(t.seek(fd, 1, 1), Err(errno::INVAL), "past i64::MAX");
-    assert_eq!(t.tell(fd), i64::MAX as u64, "a refused seek leaves the position");
-    for fd in [0, 1, 2, IN, OUT] {
-        assert_eq!(t.seek(fd, 0, 0), Err(errno::SPIPE));
-    }
-    assert_eq!(t.seek(9, 0, 0), Err(errno::BADF));
+    let fd = t.open_ro(IN, "a.txt").unwrap();
+    assert_eq!(t.seek(fd, -2, 2), Ok(A_TXT.len() as u64 - 2));
+    assert_eq!(t.seek(fd, 1, 1), Ok(A_TXT.len() as u64 - 1));
+    assert_eq!(t.tell(fd), A_TXT.len() as u64 - 1);
+    assert_eq!(t.seek(fd, -100, 1), Err(errno::INVAL));
+    assert_eq!(t.seek(fd, 0, 3), Err(errno::INVAL));
+    assert_eq!(t.seek(fd, i64::MAX, 2), Err(errno::INVAL));
+    assert_eq!(t.tell(fd), A_TXT.len() as u64 - 1, "a refused seek moves nothing");
+    assert_eq!(t.seek(0, 0, 0), Err(errno::SPIPE));
+    assert_eq!(t.seek(1, 0, 1), Err(errno::SPIPE));
+    assert_eq!(t.seek(IN, 0, 0), Err(errno::BADF), "a directory has no position (wasmtime)");
+    assert_eq!(t.seek(42, 0, 0), Err(errno::BADF));
     assert_eq!(fd_seek(&mut t.mem, &mut t.w, fd, 0, 0, END - 7), Err(errno::FAULT));
-    assert_eq!(t.tell(fd), i64::MAX as u64, "a seek that cannot report its result does not move");
-    assert_eq!(fd_tell(&mut t.mem, &mut t.w, fd, END - 8), Ok(()));
+    // Without FD_SEEK only the position can be asked for.
+    fd_fdstat_set_rights(&mut t.w, fd, (rights::FD_READ | rights::FD_TELL) as i64, 0).unwrap();
+    assert_eq!(t.seek(fd, 0, 0), Err(errno::NOTCAPABLE));
+    assert_eq!(t.seek(fd, 0, 1), Ok(A_TXT.len() as u64 - 1));
+    fd_fdstat_set_rights(&mut t.w, fd, rights::FD_READ as i64, 0).unwrap();
+    assert_eq!(fd_tell(&mut t.mem, &mut t.w, fd, RESULT), Err(errno::NOTCAPABLE));
 }
 
 #[test]
-fn paths_cannot_leave_their_directory() {
+fn path_open_follows_the_flags() {
     let mut t = job();
-    for path in ["..", "../in/a.txt", "a/../../x", "/etc/passwd", "/", "./.."] {
-        assert_eq!(t.open(IN, path, 0, 0), Err(errno::NOTCAPABLE), "{path}");
-        assert_eq!(t.open(OUT, path, OFLAGS_CREAT, 0), Err(errno::NOTCAPABLE), "{path}");
-        assert_eq!(t.path_stat(IN, path), Err(errno::NOTCAPABLE), "{path}");
-        assert_eq!(t.mkdir(OUT, path), Err(errno::NOTCAPABLE), "{path}");
-        assert_eq!(t.unlink(OUT, path), Err(errno::NOTCAPABLE), "{path}");
+    assert_eq!(t.open_rw(OUT, "new", 0), Err(errno::NOENT));
+    let fd = t.open_rw(OUT, "new", OFLAGS_CREAT | OFLAGS_EXCL).unwrap();
+    assert_eq!(t.open_rw(OUT, "new", OFLAGS_CREAT | OFLAGS_EXCL), Err(errno::EXIST));
+    assert_eq!(t.open_rw(OUT, "new", OFLAGS_DIRECTORY), Err(errno::NOTDIR));
+    assert_eq!(t.open_rw(OUT, "new/", 0), Err(errno::NOTDIR));
+    assert_eq!(t.open_rw(OUT, "other/", OFLAGS_CREAT), Err(errno::ISDIR));
+    assert_eq!(t.open_with(SLASH, 0, "out", OFLAGS_CREAT, rights::DIR as i64, 0, 0), Err(errno::ISDIR));
+    assert_eq!(t.open_rw(OUT, "d", OFLAGS_CREAT | OFLAGS_DIRECTORY), Err(errno::INVAL));
+    assert_eq!(t.open_rw(OUT, "x", 16), Err(errno::INVAL));
+    // -1 asks for every right there is: bits that are no right are ignored.
+    let every = t.open_with(OUT, 0, "every", OFLAGS_CREAT, -1, -1, 0).unwrap();
+    assert_eq!(t.fdstat(every).unwrap().2, rights::FILE);
+    assert_eq!(t.open_rw(fd, "x", 0), Err(errno::NOTDIR));
+    assert_eq!(t.open_rw(1, "x", 0), Err(errno::NOTDIR));
+    assert_eq!(t.open_rw(99, "x", 0), Err(errno::BADF));
+    // Directories: no writing or truncating; O_DIRECTORY, "." and trailing slashes.
+    assert_eq!(t.open_rw(SLASH, "out", 0), Err(errno::ISDIR));
+    let dir_rights = (rights::DIR | rights::FD_READ) as i64;
+    let d = t.open_with(SLASH, 0, "out/", OFLAGS_DIRECTORY, dir_rights, rights::INHERITING as i64, 0).unwrap();
+    let (filetype, _, base, inheriting) = t.fdstat(d).unwrap();
+    assert_eq!(filetype, FILETYPE_DIRECTORY);
+    assert_eq!(base, rights::DIR, "FD_READ is not a directory's right");
+    assert_eq!(inheriting, rights::INHERITING);
+    assert_eq!(t.open_with(OUT, 0, ".", OFLAGS_TRUNC, dir_rights, 0, 0), Err(errno::ISDIR));
+    // Read-only places: no writing, truncating or creating (EROFS).
+    assert_eq!(t.open_rw(IN, "a.txt", 0), Err(errno::ROFS));
+    assert_eq!(t.open_with(IN, 0, "a.txt", OFLAGS_TRUNC, rights::FD_READ as i64, 0, 0), Err(errno::ROFS));
+    assert_eq!(t.open_rw(IN, "new", OFLAGS_CREAT), Err(errno::ROFS));
+    assert_eq!(t.open_rw(SLASH, "new", OFLAGS_CREAT), Err(errno::ROFS));
+    let ro = t.open_ro(IN, "a.txt").unwrap();
+    assert_eq!(t.fdstat(ro).unwrap(), (FILETYPE_REGULAR_FILE, 0, rights::FILE & !rights::FILE_CHANGE, 0));
+    assert_eq!(t.fdstat(fd).unwrap().2, rights::FILE);
+    // Symlinks: followed only when asked; never out of the directory.
+    let all = rights::INHERITING as i64;
+    assert_eq!(t.open_with(IN, 0, "link", 0, rights::FD_READ as i64, 0, 0), Err(errno::LOOP));
+    assert!(t.open_with(IN, 1, "link", 0, rights::FD_READ as i64, 0, 0).is_ok());
+    assert_eq!(t.open_with(OUT, 1, "/out/new", 0, all, all, 0), Err(errno::PERM));
+    assert_eq!(t.open_with(OUT, 1, "../in/a.txt", 0, all, all, 0), Err(errno::PERM));
+    assert_eq!(t.open_with(OUT, 1, "new\0", 0, all, all, 0), Err(errno::INVAL));
+    // The new fd's place is checked first.
+    let p = t.path("made");
+    let before = t.w.fds.len();
+    assert_eq!(path_open(&mut t.mem, &mut t.w, OUT, 0, p, OFLAGS_CREAT, all, all, 0, END - 3), Err(errno::FAULT));
+    assert_eq!(t.w.fds.len(), before);
+    assert!(t.content("out/made").is_none(), "nothing created");
+}
+
+#[test]
+fn rights_asked_for_must_be_inherited_and_only_shrink() {
+    let mut t = job();
+    let d = t.open_with(OUT, 0, ".", OFLAGS_DIRECTORY, rights::DIR as i64, rights::FD_READ as i64, 0).unwrap();
+    assert_eq!(t.fdstat(d).unwrap().3, rights::FD_READ);
+    assert_eq!(t.open_with(d, 0, "f", OFLAGS_CREAT, rights::FD_WRITE as i64, 0, 0), Err(errno::NOTCAPABLE));
+    assert!(t.open_with(d, 0, "f", OFLAGS_CREAT, rights::FD_READ as i64, 0, 0).is_ok());
+    assert_eq!(fd_fdstat_set_rights(&mut t.w, d, rights::DIR as i64, rights::FD_WRITE as i64), Err(errno::NOTCAPABLE));
+    fd_fdstat_set_rights(&mut t.w, d, rights::PATH_OPEN as i64, rights::FD_READ as i64).unwrap();
+    assert_eq!(t.fdstat(d).unwrap().2, rights::PATH_OPEN);
+    assert_eq!(t.open_with(d, 0, "g", OFLAGS_CREAT, 0, 0, 0), Err(errno::NOTCAPABLE), "no PATH_CREATE_FILE");
+    assert_eq!(t.mkdir(d, "x"), Err(errno::NOTCAPABLE));
+    assert_eq!(fd_fdstat_set_rights(&mut t.w, d, rights::DIR as i64, 0), Err(errno::NOTCAPABLE));
+    assert_eq!(fd_fdstat_set_rights(&mut t.w, 99, 0, 0), Err(errno::BADF));
+    // Stdio reports what it can do.
+    assert_eq!(t.fdstat(0).unwrap(), (FILETYPE_CHARACTER_DEVICE, 0, rights::STDIN, 0));
+    assert_eq!(t.fdstat(1).unwrap(), (FILETYPE_CHARACTER_DEVICE, 0, rights::STDOUT, 0));
+    assert_eq!(t.fdstat(IN).unwrap(), (FILETYPE_DIRECTORY, 0, rights::DIR, rights::INHERITING));
+    assert_eq!(fd_fdstat_get(&mut t.mem, &mut t.w, 99, RESULT), Err(errno::BADF));
+    assert_eq!(fd_fdstat_get(&mut t.mem, &mut t.w, 0, END - 23), Err(errno::FAULT));
+}
+
+#[test]
+fn inodes_are_stable_across_stat_readdir_and_opens() {
+    let mut t = job();
+    let fd = t.open_ro(IN, "a.txt").unwrap();
+    let by_fd = t.filestat(fd).unwrap();
+    let by_path = t.path_stat(IN, "a.txt").unwrap();
+    assert_eq!(by_fd, by_path);
+    assert_eq!(by_fd[16], FILETYPE_REGULAR_FILE);
+    assert_eq!(u64_at_slice(&by_fd, 24), 1);
+    assert_eq!(u64_at_slice(&by_fd, 32), A_TXT.len() as u64);
+    assert_eq!(u64_at_slice(&by_fd, 48), 20, "the image's mtime");
+    let (entries, _) = t.readdir(IN, 1000, 0).unwrap();
+    let a = entries.iter().find(|e| e.2 == "a.txt").unwrap();
+    assert_eq!(a.1, ino_of(&by_fd));
+    let dot = entries.iter().find(|e| e.2 == ".").unwrap();
+    assert_eq!(dot.1, ino_of(&t.filestat(IN).unwrap()));
+    let dotdot = entries.iter().find(|e| e.2 == "..").unwrap();
+    assert_eq!(dotdot.1, ino_of(&t.filestat(SLASH).unwrap()));
+    // A symlink's own stat without SYMLINK_FOLLOW, its target's with it.
+    let link = t.path_stat_with(IN, 0, "link").unwrap();
+    assert_eq!(link[16], FILETYPE_SYMBOLIC_LINK);
+    assert_eq!(t.path_stat_with(IN, 1, "link").unwrap(), by_fd);
+    assert_eq!(t.path_stat(IN, "nope"), Err(errno::NOENT));
+    assert_eq!(t.path_stat(IN, "a.txt/"), Err(errno::NOTDIR));
+    assert_eq!(t.path_stat(0, "a.txt"), Err(errno::NOTDIR));
+    // Stdio is a character device.
+    assert_eq!(t.filestat(1).unwrap()[16], FILETYPE_CHARACTER_DEVICE);
+    assert_eq!(t.filestat(99), Err(errno::BADF));
+}
+
+#[test]
+fn sizes_times_allocation_advice_and_sync() {
+    let mut t = job();
+    let fd = t.open_rw(OUT, "f", OFLAGS_CREAT).unwrap();
+    t.write(fd, &[b"0123456789"]).unwrap();
+    assert_eq!(fd_filestat_set_size(&mut t.w, fd, 4), Ok(()));
+    assert_eq!(t.content("out/f").unwrap(), b"0123");
+    assert_eq!(fd_filestat_set_size(&mut t.w, fd, 6), Ok(()));
+    assert_eq!(t.content("out/f").unwrap(), b"0123\0\0");
+    assert_eq!(fd_filestat_set_size(&mut t.w, fd, -1), Err(errno::INVAL));
+    assert_eq!(fd_filestat_set_size(&mut t.w, IN, 0), Err(errno::BADF));
+    let ro = t.open_ro(IN, "a.txt").unwrap();
+    assert_eq!(fd_filestat_set_size(&mut t.w, ro, 0), Err(errno::NOTCAPABLE));
+    // Times: explicit, now, both at once refused.
+    let now = WALL_AT_ZERO + START_NS;
+    fd_filestat_set_times(&mut t.w, fd, 111, 222, FSTFLAGS_ATIM | FSTFLAGS_MTIM).unwrap();
+    let stat = t.filestat(fd).unwrap();
+    assert_eq!((u64_at_slice(&stat, 40), u64_at_slice(&stat, 48), u64_at_slice(&stat, 56)), (111, 222, now));
+    fd_filestat_set_times(&mut t.w, fd, 0, 0, FSTFLAGS_MTIM_NOW).unwrap();
+    let stat = t.filestat(fd).unwrap();
+    assert_eq!((u64_at_slice(&stat, 40), u64_at_slice(&stat, 48)), (111, now));
+    for flags in [FSTFLAGS_ATIM | FSTFLAGS_ATIM_NOW, FSTFLAGS_MTIM | FSTFLAGS_MTIM_NOW, 16] {
+        assert_eq!(fd_filestat_set_times(&mut t.w, fd, 0, 0, flags), Err(errno::INVAL));
     }
-    assert_eq!(t.open(IN, "a\u{0}b", 0, 0), Err(errno::NAMETOOLONG));
-    assert_eq!(t.open(OUT, &"n".repeat(256), OFLAGS_CREAT, 0), Err(errno::NAMETOOLONG));
-    assert_eq!(t.open(OUT, &"n".repeat(255), OFLAGS_CREAT, 0), Ok(5));
-    set(&mut t.mem, PATH, b"\xff");
-    assert_eq!(path_open(&mut t.mem, &mut t.w, IN, (PATH, 1), 0, 0, RESULT), Err(errno::INVAL));
-    assert_eq!(path_open(&mut t.mem, &mut t.w, IN, (END - 1, 2), 0, 0, RESULT), Err(errno::FAULT));
-    assert_eq!(path_open(&mut t.mem, &mut t.w, IN, (u32::MAX, 1), 0, 0, RESULT), Err(errno::FAULT));
-    assert_eq!(path_filestat_get(&mut t.mem, &mut t.w, IN, (END, 1), RESULT), Err(errno::FAULT));
-    assert_eq!(path_create_directory(&mut t.mem, &mut t.w, OUT, (END, 1)), Err(errno::FAULT));
-    assert_eq!(path_unlink_file(&mut t.mem, &mut t.w, OUT, (END, 1)), Err(errno::FAULT));
-    // The fd of a refused open is not written.
-    t.mem[RESULT as usize..RESULT as usize + 4].fill(0xaa);
-    assert_eq!(t.open(IN, "missing", 0, 0), Err(errno::NOENT));
-    assert_eq!(u32_at(&t.mem, RESULT), 0xaaaa_aaaa);
-    // Nor is anything created or an fd taken when the fd cannot be written.
+    assert_eq!(fd_filestat_set_times(&mut t.w, IN, 0, 0, FSTFLAGS_ATIM_NOW), Err(errno::ROFS));
+    assert_eq!(fd_filestat_set_times(&mut t.w, ro, 0, 0, FSTFLAGS_ATIM_NOW), Err(errno::NOTCAPABLE));
+    let p = t.path("f");
+    path_filestat_set_times(&mut t.mem, &mut t.w, OUT, 0, p, 5, 6, FSTFLAGS_ATIM | FSTFLAGS_MTIM).unwrap();
+    let stat = t.path_stat(OUT, "f").unwrap();
+    assert_eq!((u64_at_slice(&stat, 40), u64_at_slice(&stat, 48)), (5, 6));
     let p = t.path("a.txt");
-    assert_eq!(path_open(&mut t.mem, &mut t.w, IN, p, 0, 0, END - 3), Err(errno::FAULT));
-    let p = t.path("new");
-    assert_eq!(path_open(&mut t.mem, &mut t.w, OUT, p, OFLAGS_CREAT, 0, END - 3), Err(errno::FAULT));
-    assert_eq!(t.out_file(&["new"]), None);
-    assert_eq!(t.open(IN, "a.txt", 0, 0), Ok(6));
-    assert_eq!(path_open(&mut t.mem, &mut t.w, IN, p, 0, 0, END - 4), Err(errno::NOENT));
-}
-
-#[test]
-fn empty_and_dot_components_are_skipped() {
-    let mut t = job();
-    let fd = t.open(IN, "./a.txt", 0, 0).unwrap();
-    assert_eq!(t.read_all(fd), A_TXT);
-    let fd = t.open(IN, ".//a.txt/", 0, 0).unwrap();
-    assert_eq!(t.read_all(fd), A_TXT);
-    t.mkdir(OUT, "d").unwrap();
-    let f = t.open(OUT, "d//./f", OFLAGS_CREAT, 0).unwrap();
-    t.write(f, &[b"x"]).unwrap();
-    assert_eq!(t.out_file(&["d", "f"]), Some(&b"x"[..]));
-}
-
-#[test]
-fn in_is_read_only_and_flat() {
-    let mut t = job();
-    for (oflags, fdflags) in [(OFLAGS_CREAT, 0), (OFLAGS_TRUNC, 0), (OFLAGS_EXCL, 0), (0, FDFLAGS_APPEND)] {
-        assert_eq!(t.open(IN, "a.txt", oflags, fdflags), Err(errno::ROFS), "{oflags} {fdflags}");
-        assert_eq!(t.open(IN, "new", oflags, fdflags), Err(errno::ROFS), "{oflags} {fdflags}");
+    assert_eq!(path_filestat_set_times(&mut t.mem, &mut t.w, IN, 0, p, 0, 0, FSTFLAGS_ATIM_NOW), Err(errno::ROFS));
+    assert_eq!(path_filestat_set_times(&mut t.mem, &mut t.w, IN, 0, p, 0, 0, 3), Err(errno::INVAL));
+    let p = t.path("nope");
+    assert_eq!(path_filestat_set_times(&mut t.mem, &mut t.w, OUT, 0, p, 0, 0, 0), Err(errno::NOENT));
+    // A symlink's own times without SYMLINK_FOLLOW, its target's with it.
+    t.symlink("f", OUT, "s").unwrap();
+    let p = t.path("s");
+    path_filestat_set_times(&mut t.mem, &mut t.w, OUT, 0, p, 7, 8, FSTFLAGS_ATIM | FSTFLAGS_MTIM).unwrap();
+    assert_eq!(u64_at_slice(&t.path_stat_with(OUT, 0, "s").unwrap(), 48), 8);
+    assert_eq!(u64_at_slice(&t.path_stat(OUT, "f").unwrap(), 48), 6);
+    let p = t.path("s");
+    path_filestat_set_times(&mut t.mem, &mut t.w, OUT, 1, p, 7, 9, FSTFLAGS_ATIM | FSTFLAGS_MTIM).unwrap();
+    assert_eq!(u64_at_slice(&t.path_stat(OUT, "f").unwrap(), 48), 9);
+    // Allocation extends, never shrinks.
+    assert_eq!(fd_allocate(&mut t.w, fd, 10, 10), Ok(()));
+    assert_eq!(t.content("out/f").unwrap().len(), 20);
+    assert_eq!(fd_allocate(&mut t.w, fd, 0, 5), Ok(()));
+    assert_eq!(t.content("out/f").unwrap().len(), 20);
+    assert_eq!(fd_allocate(&mut t.w, fd, 0, 0), Err(errno::INVAL));
+    assert_eq!(fd_allocate(&mut t.w, fd, i64::MAX, 1), Err(errno::FBIG));
+    assert_eq!(fd_allocate(&mut t.w, fd, -1, 1), Err(errno::INVAL));
+    assert_eq!(fd_allocate(&mut t.w, ro, 0, 1), Err(errno::NOTCAPABLE));
+    assert_eq!(fd_allocate(&mut t.w, 1, 0, 1), Err(errno::SPIPE));
+    // Advice: any of the six, on files.
+    for advice in 0..=5 {
+        assert_eq!(fd_advise(&mut t.w, fd, 0, 10, advice), Ok(()));
     }
-    assert_eq!(t.open(IN, "a.txt", OFLAGS_DIRECTORY, 0), Err(errno::NOTDIR));
-    assert_eq!(t.open(IN, "a.txt/x", 0, 0), Err(errno::NOENT));
-    assert_eq!(t.open(IN, "nothing", 0, 0), Err(errno::NOENT));
-    assert_eq!(t.mkdir(IN, "d"), Err(errno::ROFS));
-    assert_eq!(t.unlink(IN, "a.txt"), Err(errno::ROFS));
-    assert_eq!(t.rmdir(IN, "a.txt"), Err(errno::ROFS));
-    // "." under /in is /in again, which lists the same.
-    let dir = t.open(IN, ".", OFLAGS_DIRECTORY, 0).unwrap();
-    assert_eq!(t.readdir(dir, 4096, 0).unwrap(), t.readdir(IN, 4096, 0).unwrap());
-    assert_eq!(t.open(dir, "a.txt", 0, 0).map(|fd| t.read_all(fd)), Ok(A_TXT.to_vec()));
+    assert_eq!(fd_advise(&mut t.w, fd, 0, 10, 6), Err(errno::INVAL));
+    assert_eq!(fd_advise(&mut t.w, 0, 0, 10, 0), Err(errno::SPIPE));
+    assert_eq!(fd_advise(&mut t.w, IN, 0, 10, 0), Err(errno::BADF));
+    // Sync: on anything open with the right.
+    for fd in [0, 1, IN, fd, ro] {
+        assert_eq!(fd_sync(&mut t.w, fd, rights::FD_SYNC), Ok(()));
+        assert_eq!(fd_sync(&mut t.w, fd, rights::FD_DATASYNC), Ok(()));
+    }
+    assert_eq!(fd_sync(&mut t.w, 99, rights::FD_SYNC), Err(errno::BADF));
+    fd_fdstat_set_rights(&mut t.w, fd, rights::FD_READ as i64, 0).unwrap();
+    assert_eq!(fd_sync(&mut t.w, fd, rights::FD_SYNC), Err(errno::NOTCAPABLE));
 }
 
 #[test]
-fn opening_under_out_follows_the_flags() {
+fn fds_are_renumbered_closed_and_reused_lowest_first() {
     let mut t = job();
-    assert_eq!(t.open(OUT, "f", 0, 0), Err(errno::NOENT));
-    assert_eq!(t.open(OUT, "f", OFLAGS_CREAT | OFLAGS_DIRECTORY, 0), Err(errno::NOENT));
-    let fd = t.open(OUT, "f", OFLAGS_CREAT | OFLAGS_EXCL, 0).unwrap();
-    t.write(fd, &[b"data"]).unwrap();
-    assert_eq!(t.open(OUT, "f", OFLAGS_CREAT | OFLAGS_EXCL, 0), Err(errno::EXIST));
-    // EXCL means something only with CREAT.
-    assert!(t.open(OUT, "f", OFLAGS_EXCL, 0).is_ok());
-    assert_eq!(t.open(OUT, "f", OFLAGS_DIRECTORY, 0), Err(errno::NOTDIR));
-    // Opening again keeps the data; CREAT alone too; TRUNC empties it.
-    let again = t.open(OUT, "f", OFLAGS_CREAT, 0).unwrap();
-    assert_eq!(t.read_all(again), b"data");
-    assert_eq!(t.out_file(&["f"]), Some(&b"data"[..]));
-    t.open(OUT, "f", OFLAGS_TRUNC, 0).unwrap();
-    assert_eq!(t.out_file(&["f"]), Some(&b""[..]));
-    // Directories.
-    t.mkdir(OUT, "d").unwrap();
-    assert_eq!(t.open(OUT, "d", OFLAGS_CREAT | OFLAGS_EXCL, 0), Err(errno::EXIST));
-    assert_eq!(t.open(OUT, "d", OFLAGS_CREAT, 0), Err(errno::ISDIR));
-    assert_eq!(t.open(OUT, "d", OFLAGS_TRUNC, 0), Err(errno::ISDIR));
-    let d = t.open(OUT, "d", OFLAGS_CREAT | OFLAGS_DIRECTORY, 0).unwrap();
-    let plain = t.open(OUT, "d", 0, 0).unwrap();
-    assert_eq!(t.write(plain, &[b"x"]), Err(errno::ISDIR));
-    // Relative to an opened directory; its parents must exist and be directories.
-    let g = t.open(d, "g", OFLAGS_CREAT, 0).unwrap();
-    t.write(g, &[b"in d"]).unwrap();
-    assert_eq!(t.out_file(&["d", "g"]), Some(&b"in d"[..]));
-    assert_eq!(t.open(OUT, "missing/g", OFLAGS_CREAT, 0), Err(errno::NOENT));
-    assert_eq!(t.open(OUT, "f/g", OFLAGS_CREAT, 0), Err(errno::NOTDIR));
-    assert_eq!(t.open(OUT, "f/g", 0, 0), Err(errno::NOENT));
-    // Only directories hold paths.
-    for fd in [0, 1, 2, g] {
-        assert_eq!(t.open(fd, "x", OFLAGS_CREAT, 0), Err(errno::NOTDIR));
-        assert_eq!(t.mkdir(fd, "x"), Err(errno::NOTDIR));
-        assert_eq!(t.path_stat(fd, "x"), Err(errno::NOTDIR));
+    let a = t.open_ro(IN, "a.txt").unwrap();
+    assert_eq!(a, 6);
+    let b = t.open_ro(IN, "sub/c").unwrap();
+    assert_eq!(b, 7);
+    assert_eq!(fd_renumber(&mut t.w, a, b), Ok(()));
+    assert_eq!(t.read_all(b), A_TXT);
+    assert_eq!(t.read(a, &[1]), Err(errno::BADF));
+    assert_eq!(fd_renumber(&mut t.w, b, 42), Err(errno::BADF), "the target must be open");
+    assert_eq!(fd_renumber(&mut t.w, 42, b), Err(errno::BADF));
+    assert_eq!(fd_renumber(&mut t.w, b, b), Ok(()));
+    assert_eq!(t.open_ro(IN, "a.txt"), Ok(6));
+    // Preopens close like any fd, and their number is reused.
+    assert_eq!(fd_close(&mut t.w, IN), Ok(()));
+    assert_eq!(fd_close(&mut t.w, IN), Err(errno::BADF));
+    assert_eq!(fd_prestat_get(&mut t.mem, &mut t.w, IN, RESULT), Err(errno::BADF));
+    assert_eq!(t.open_ro(SLASH, "in/a.txt"), Ok(IN));
+    assert_eq!(fd_close(&mut t.w, -1), Err(errno::BADF));
+    // Past the most fds a job may have: EMFILE, and nothing created.
+    while t.w.fds.len() < FDS_MAX {
+        t.w.fds.push(Some(Fd { kind: Kind::Stdin, base: 0, inheriting: 0, flags: 0 }));
     }
-    assert_eq!(t.open(77, "x", OFLAGS_CREAT, 0), Err(errno::BADF));
-    assert_eq!(t.mkdir(-1, "x"), Err(errno::BADF));
+    assert_eq!(t.open_rw(OUT, "one-too-many", OFLAGS_CREAT), Err(errno::MFILE));
+    assert!(t.content("out/one-too-many").is_none());
+    fd_close(&mut t.w, 100).unwrap();
+    assert_eq!(t.open_rw(OUT, "one-too-many", OFLAGS_CREAT), Ok(100));
 }
 
 #[test]
-fn fds_are_numbered_from_5_and_the_lowest_free_one_is_reused() {
+fn preopens_are_named_and_a_short_buffer_is_enametoolong() {
     let mut t = job();
-    let fds: Vec<i32> = (0..3).map(|_| t.open(IN, "a.txt", 0, 0).unwrap()).collect();
-    assert_eq!(fds, [5, 6, 7]);
-    assert_eq!(fd_close(&mut t.w, 6), Ok(()));
-    assert_eq!(fd_close(&mut t.w, 6), Err(errno::BADF));
-    assert_eq!(t.read(6, &[1]), Err(errno::BADF));
-    assert_eq!(fd_sync(&mut t.w, 6), Err(errno::BADF));
-    assert_eq!(t.open(IN, "b.bin", 0, 0), Ok(6));
-    assert_eq!(t.read(6, &[3]).unwrap().1[0], b_bin()[..3]);
-    assert_eq!(t.open(IN, "a.txt", 0, 0), Ok(8));
-    fd_close(&mut t.w, 5).unwrap();
-    fd_close(&mut t.w, 7).unwrap();
-    assert_eq!(t.open(OUT, "x", OFLAGS_CREAT, 0), Ok(5));
-    // The standard streams and the preopens stay open.
-    for fd in 0..=4 {
-        assert_eq!(fd_close(&mut t.w, fd), Err(errno::NOTCAPABLE), "{fd}");
-        assert_eq!(fd_sync(&mut t.w, fd), Ok(()));
+    for (fd, name) in [(IN, &b"/in"[..]), (OUT, b"/out"), (SLASH, b"/")] {
+        fd_prestat_get(&mut t.mem, &mut t.w, fd, RESULT).unwrap();
+        assert_eq!((t.mem[RESULT as usize], u32_at(&t.mem, RESULT + 4)), (0, name.len() as u32));
+        t.mem[0x10..0x20].fill(0xaa);
+        fd_prestat_dir_name(&mut t.mem, &mut t.w, fd, 0x10, name.len() as u32).unwrap();
+        assert_eq!(&t.mem[0x10..0x10 + name.len()], name);
+        assert_eq!(t.mem[0x10 + name.len()], 0xaa, "no NUL");
     }
-    assert_eq!(t.write(1, &[b"still"]), Ok(5));
-    for fd in [-1, 9, 1000, i32::MIN] {
-        assert_eq!(fd_close(&mut t.w, fd), Err(errno::BADF), "{fd}");
-        assert_eq!(fd_sync(&mut t.w, fd), Err(errno::BADF), "{fd}");
+    assert_eq!(fd_prestat_dir_name(&mut t.mem, &mut t.w, OUT, 0x10, 3), Err(errno::NAMETOOLONG));
+    assert_eq!(fd_prestat_get(&mut t.mem, &mut t.w, IN, END - 7), Err(errno::FAULT));
+    let again = t.open_with(OUT, 0, ".", OFLAGS_DIRECTORY, rights::DIR as i64, 0, 0).unwrap();
+    for fd in [0, 1, 2, again, 40, -1] {
+        assert_eq!(fd_prestat_get(&mut t.mem, &mut t.w, fd, RESULT), Err(errno::BADF), "{fd}");
+        assert_eq!(fd_prestat_dir_name(&mut t.mem, &mut t.w, fd, 0x10, 8), Err(errno::BADF), "{fd}");
     }
+    // A preopen the filesystem does not hold as a directory.
+    let fs = Fs::load(ImageBuilder::new().build(16), 1 << 20).unwrap();
+    let devices = job().w.devices;
+    let result = Wasi::<Test>::new(Vec::new(), Vec::new(), fs, &["/in".to_string()], devices);
+    assert_eq!(result.err(), Some(PreopenError("/in".into())));
+}
+
+fn dirent(cookie: u64, ino: u64, name: &str, kind: u8) -> Dirent {
+    (cookie, ino, name.into(), kind)
 }
 
 #[test]
-fn fdstat_and_filestat_say_what_each_fd_is() {
+fn readdir_lists_dot_dotdot_and_the_entries_and_resumes_from_cookies() {
     let mut t = job();
-    let input = t.open(IN, "b.bin", 0, 0).unwrap();
-    let out = t.open(OUT, "o", OFLAGS_CREAT, 0).unwrap();
-    t.write(out, &[b"12345"]).unwrap();
-    for (fd, filetype) in [
-        (0, FILETYPE_CHARACTER_DEVICE),
-        (1, FILETYPE_CHARACTER_DEVICE),
-        (2, FILETYPE_CHARACTER_DEVICE),
-        (IN, FILETYPE_DIRECTORY),
-        (OUT, FILETYPE_DIRECTORY),
-        (input, FILETYPE_REGULAR_FILE),
-        (out, FILETYPE_REGULAR_FILE),
-    ] {
-        t.mem[RESULT as usize..RESULT as usize + 24].fill(0xaa);
-        fd_fdstat_get(&mut t.mem, &mut t.w, fd, RESULT).unwrap();
-        let stat = &t.mem[RESULT as usize..RESULT as usize + 24];
-        assert_eq!((stat[0], stat[1], &stat[2..8]), (filetype, 0, &[0u8; 6][..]), "fd {fd}");
-        assert_eq!(u64_at(&t.mem, RESULT + 8), ALL_RIGHTS);
-        assert_eq!(u64_at(&t.mem, RESULT + 16), ALL_RIGHTS);
-        let stat = t.filestat(fd).unwrap();
-        assert_eq!(stat[16], filetype, "fd {fd}");
-        assert_eq!(stat[24..32], 1u64.to_le_bytes(), "nlink");
-    }
-    assert_eq!(ALL_RIGHTS, 0x3fff_ffff);
-    let stat = t.filestat(input).unwrap();
-    assert_eq!((u64_at(&stat, 8), u64_at(&stat, 32)), (101, B_LEN as u64));
-    let stat = t.filestat(out).unwrap();
-    assert_eq!((u64_at(&stat, 8), u64_at(&stat, 32)), (1_000 + out as u64, 5));
-    assert_eq!(u64_at(&t.filestat(2).unwrap(), 8), 2);
-    assert_eq!(u64_at(&t.filestat(OUT).unwrap(), 8), 4);
-    assert_eq!(fd_fdstat_get(&mut t.mem, &mut t.w, 12, RESULT), Err(errno::BADF));
-    assert_eq!(fd_fdstat_get(&mut t.mem, &mut t.w, 1, END - 23), Err(errno::FAULT));
-    assert_eq!(t.filestat(12), Err(errno::BADF));
-    assert_eq!(fd_filestat_get(&mut t.mem, &mut t.w, 1, END - 63), Err(errno::FAULT));
-    assert_eq!(fd_filestat_get(&mut t.mem, &mut t.w, 1, END - 64), Ok(()));
-}
-
-fn u64_at_slice(stat: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(stat[at..at + 8].try_into().unwrap())
-}
-
-#[test]
-fn path_filestat_finds_files_and_directories_in_both_trees() {
-    let mut t = job();
-    t.mkdir(OUT, "d").unwrap();
-    let f = t.open(OUT, "d/f", OFLAGS_CREAT, 0).unwrap();
-    t.write(f, &[b"abc"]).unwrap();
-    let cases: [(i32, &str, u8, u64, u64); 5] = [
-        (IN, "", FILETYPE_DIRECTORY, 0, 1),
-        (IN, "b.bin", FILETYPE_REGULAR_FILE, B_LEN as u64, 101),
-        (OUT, "", FILETYPE_DIRECTORY, 0, 2),
-        (OUT, "d", FILETYPE_DIRECTORY, 0, 2),
-        (OUT, "d/f", FILETYPE_REGULAR_FILE, 3, 3),
+    let in_ino = ino_of(&t.filestat(IN).unwrap());
+    let root = ino_of(&t.filestat(SLASH).unwrap());
+    let ino = |t: &mut T, p: &str| ino_of(&t.path_stat_with(IN, 0, p).unwrap());
+    let (a, b, link, sub) = (ino(&mut t, "a.txt"), ino(&mut t, "b.bin"), ino(&mut t, "link"), ino(&mut t, "sub"));
+    let all = vec![
+        dirent(1, in_ino, ".", FILETYPE_DIRECTORY),
+        dirent(2, root, "..", FILETYPE_DIRECTORY),
+        dirent(3, a, "a.txt", FILETYPE_REGULAR_FILE),
+        dirent(4, b, "b.bin", FILETYPE_REGULAR_FILE),
+        dirent(5, link, "link", FILETYPE_SYMBOLIC_LINK),
+        dirent(6, sub, "sub", FILETYPE_DIRECTORY),
     ];
-    for (dir, path, filetype, size, ino) in cases {
-        let stat = t.path_stat(dir, path).unwrap();
-        assert_eq!((stat[16], u64_at_slice(&stat, 32), u64_at_slice(&stat, 8)), (filetype, size, ino), "{path}");
-    }
-    let a = t.path_stat(IN, "a.txt").unwrap();
-    assert_eq!((u64_at_slice(&a, 8), u64_at_slice(&a, 32)), (100, A_TXT.len() as u64));
-    for (dir, path) in [(IN, "nothing"), (IN, "a.txt/x"), (OUT, "nothing"), (OUT, "d/nothing"), (OUT, "d/f/x")] {
-        assert_eq!(t.path_stat(dir, path), Err(errno::NOENT), "{path}");
-    }
-    let p = t.path("d");
-    assert_eq!(path_filestat_get(&mut t.mem, &mut t.w, OUT, p, END - 63), Err(errno::FAULT));
+    let (entries, used) = t.readdir(IN, 1000, 0).unwrap();
+    assert_eq!(entries, all);
+    assert!(used < 1000);
+    assert_eq!(t.readdir(IN, 1000, 3).unwrap().0, all[3..]);
+    assert_eq!(t.readdir(IN, 1000, 6).unwrap(), (vec![], 0));
+    assert_eq!(t.readdir(IN, 1000, 1 << 40).unwrap(), (vec![], 0));
+    // A full buffer ends in a cut-off entry; its cookie resumes it.
+    let (entries, used) = t.readdir(IN, 24 + 1 + 24 + 2 + 10, 0).unwrap();
+    assert_eq!(used, 61);
+    assert_eq!(entries[..2], all[..2]);
+    let (entries, _) = t.readdir(IN, 30, 2).unwrap();
+    assert_eq!(entries[0].2, "a.txt");
+    // Entries made after a listing began show from the next cookie 0.
+    assert_eq!(t.readdir(OUT, 1000, 0).unwrap().0.len(), 2);
+    t.mkdir(OUT, "new").unwrap();
+    assert_eq!(t.readdir(OUT, 1000, 2).unwrap().0.len(), 0, "the listing taken at cookie 0");
+    assert_eq!(t.readdir(OUT, 1000, 0).unwrap().0.len(), 3);
+    let fd = t.open_ro(IN, "a.txt").unwrap();
+    assert_eq!(t.readdir(fd, 100, 0), Err(errno::NOTDIR));
+    assert_eq!(t.readdir(1, 100, 0), Err(errno::NOTDIR));
+    assert_eq!(t.readdir(99, 100, 0), Err(errno::BADF));
+    assert_eq!(fd_readdir(&mut t.mem, &mut t.w, IN, END - 10, 11, 0, RESULT), Err(errno::FAULT));
+    fd_fdstat_set_rights(&mut t.w, OUT, rights::PATH_OPEN as i64, 0).unwrap();
+    assert_eq!(t.readdir(OUT, 100, 0), Err(errno::NOTCAPABLE));
 }
 
 #[test]
 fn directories_are_made_and_removed_only_where_that_makes_sense() {
     let mut t = job();
-    assert_eq!(t.mkdir(OUT, "d"), Ok(()));
-    assert_eq!(t.mkdir(OUT, "d"), Err(errno::EXIST));
-    assert_eq!(t.mkdir(OUT, "d/e"), Ok(()));
+    t.mkdir(OUT, "a").unwrap();
+    t.mkdir(OUT, "a/b/").unwrap();
+    assert_eq!(t.mkdir(OUT, "a"), Err(errno::EXIST));
+    assert_eq!(t.mkdir(OUT, "."), Err(errno::EXIST));
     assert_eq!(t.mkdir(OUT, "x/y"), Err(errno::NOENT));
-    assert_eq!(t.mkdir(OUT, ""), Err(errno::INVAL));
-    let f = t.open(OUT, "d/f", OFLAGS_CREAT, 0).unwrap();
-    assert_eq!(t.mkdir(OUT, "d/f"), Err(errno::EXIST));
-    assert_eq!(t.mkdir(OUT, "d/f/g"), Err(errno::NOTDIR));
+    assert_eq!(t.mkdir(IN, "x"), Err(errno::ROFS));
+    assert_eq!(t.mkdir(SLASH, "x"), Err(errno::ROFS));
+    assert_eq!(t.mkdir(OUT, "../x"), Err(errno::PERM));
+    assert_eq!(t.rmdir(OUT, "a"), Err(errno::NOTEMPTY));
+    let f = t.open_rw(OUT, "a/f", OFLAGS_CREAT).unwrap();
     fd_close(&mut t.w, f).unwrap();
-    assert_eq!(t.rmdir(OUT, "d"), Err(errno::NOTEMPTY));
-    assert_eq!(t.unlink(OUT, "d"), Err(errno::ISDIR));
-    assert_eq!(t.rmdir(OUT, "d/f"), Err(errno::NOTDIR));
-    assert_eq!(t.unlink(OUT, "d/nothing"), Err(errno::NOENT));
-    assert_eq!(t.rmdir(OUT, "nothing"), Err(errno::NOENT));
-    assert_eq!(t.unlink(OUT, ""), Err(errno::INVAL));
-    assert_eq!(t.rmdir(OUT, "nothing/x"), Err(errno::NOENT));
-    assert!(t.out_file(&["d", "f"]).is_some(), "refused removals removed nothing");
-    assert_eq!(t.unlink(OUT, "d/f"), Ok(()));
-    assert_eq!(t.out_file(&["d", "f"]), None);
-    assert_eq!(t.unlink(OUT, "d/f"), Err(errno::NOENT));
-    // Relative to an opened subdirectory.
-    let d = t.open(OUT, "d", OFLAGS_DIRECTORY, 0).unwrap();
-    assert_eq!(t.rmdir(d, "e"), Ok(()));
-    assert_eq!(t.rmdir(OUT, "d"), Ok(()));
-    assert_eq!(t.readdir(OUT, 4096, 2).unwrap().0, []);
-    for fd in [0, 1, 2] {
-        assert_eq!(t.unlink(fd, "x"), Err(errno::NOTDIR));
-        assert_eq!(t.rmdir(fd, "x"), Err(errno::NOTDIR));
-    }
-    assert_eq!(t.rmdir(42, "x"), Err(errno::BADF));
-}
-
-fn entry(cookie: u64, name: &str, kind: u8) -> Dirent {
-    (cookie, cookie + 9, name.into(), kind)
+    assert_eq!(t.rmdir(OUT, "a/f"), Err(errno::NOTDIR));
+    assert_eq!(t.unlink(OUT, "a/b"), Err(errno::ISDIR));
+    assert_eq!(t.unlink(OUT, "a/f/"), Err(errno::NOTDIR), "a trailing slash names a directory");
+    assert_eq!(t.unlink(OUT, "a/b/"), Err(errno::ISDIR));
+    assert_eq!(t.unlink(OUT, "a/nope"), Err(errno::NOENT));
+    assert_eq!(t.unlink(IN, "a.txt"), Err(errno::ROFS));
+    assert_eq!(t.rmdir(SLASH, "out"), Err(errno::BUSY), "a mount root stays");
+    assert_eq!(t.rmdir(OUT, "."), Err(errno::INVAL));
+    t.unlink(OUT, "a/f").unwrap();
+    t.rmdir(OUT, "a/b/").unwrap();
+    t.rmdir(OUT, "a").unwrap();
+    assert_eq!(t.readdir(OUT, 1000, 0).unwrap().0.len(), 2);
+    assert_eq!(t.unlink(1, "x"), Err(errno::NOTDIR));
+    fd_fdstat_set_rights(&mut t.w, OUT, rights::PATH_OPEN as i64, 0).unwrap();
+    assert_eq!(t.rmdir(OUT, "x"), Err(errno::NOTCAPABLE));
+    assert_eq!(t.unlink(OUT, "x"), Err(errno::NOTCAPABLE));
 }
 
 #[test]
-fn readdir_lists_dot_dotdot_and_the_entries_from_a_cookie() {
+fn an_unlinked_file_stays_readable_through_its_fd() {
     let mut t = job();
-    let all = vec![
-        entry(1, ".", FILETYPE_DIRECTORY),
-        entry(2, "..", FILETYPE_DIRECTORY),
-        entry(3, "a.txt", FILETYPE_REGULAR_FILE),
-        entry(4, "b.bin", FILETYPE_REGULAR_FILE),
-    ];
-    let size = (4 * 24 + 1 + 2 + 5 + 5) as u32;
-    assert_eq!(t.readdir(IN, 4096, 0).unwrap(), (all.clone(), size));
-    assert_eq!(t.readdir(IN, 4096, 2).unwrap(), (all[2..].to_vec(), size - 24 * 2 - 3));
-    assert_eq!(t.readdir(IN, 4096, 4).unwrap(), (Vec::new(), 0));
-    assert_eq!(t.readdir(IN, 4096, i64::MAX).unwrap(), (Vec::new(), 0));
-    assert_eq!(t.readdir(IN, 4096, -1).unwrap(), (Vec::new(), 0));
-    // The buffer is filled exactly; the last entry may be cut.
-    t.mem[DATA as usize..DATA as usize + 100].fill(0xaa);
-    let (entries, used) = t.readdir(IN, 24 + 1 + 24 + 1, 0).unwrap();
-    assert_eq!(used, 50);
-    assert_eq!(entries[..1], all[..1]);
-    assert_eq!(entries[1].0, 2);
-    assert_eq!(t.mem[DATA as usize + 50], 0xaa, "nothing past the buffer");
-    let (entries, used) = t.readdir(IN, 24 + 1, 0).unwrap();
-    assert_eq!((entries, used), (all[..1].to_vec(), 25));
-    assert_eq!(t.readdir(IN, 0, 0).unwrap(), (Vec::new(), 0));
-    assert_eq!(fd_readdir(&mut t.mem, &mut t.w, IN, END - 10, 11, 0, RESULT), Err(errno::FAULT));
-    assert_eq!(fd_readdir(&mut t.mem, &mut t.w, IN, END - 11, 11, 0, RESULT), Ok(()));
-    assert_eq!(fd_readdir(&mut t.mem, &mut t.w, IN, DATA, 11, 0, END - 3), Err(errno::FAULT));
+    let fd = t.open_rw(OUT, "tmp", OFLAGS_CREAT).unwrap();
+    t.write(fd, &[b"still here"]).unwrap();
+    t.unlink(OUT, "tmp").unwrap();
+    assert_eq!(t.open_rw(OUT, "tmp", 0), Err(errno::NOENT));
+    t.seek(fd, 0, 0).unwrap();
+    assert_eq!(t.read_all(fd), b"still here");
+    assert_eq!(u64_at_slice(&t.filestat(fd).unwrap(), 24), 0, "no links left");
+    fd_close(&mut t.w, fd).unwrap();
 }
 
 #[test]
-fn readdir_of_out_and_its_subdirectories() {
+fn renames_follow_posix_and_the_mounts() {
     let mut t = job();
-    t.mkdir(OUT, "sub").unwrap();
-    t.open(OUT, "file", OFLAGS_CREAT, 0).unwrap();
-    t.open(OUT, "sub/inner", OFLAGS_CREAT, 0).unwrap();
-    let (entries, _) = t.readdir(OUT, 4096, 2).unwrap();
-    assert_eq!(entries, [entry(3, "file", FILETYPE_REGULAR_FILE), entry(4, "sub", FILETYPE_DIRECTORY)]);
-    let sub = t.open(OUT, "sub", OFLAGS_DIRECTORY, 0).unwrap();
-    assert_eq!(t.readdir(sub, 4096, 2).unwrap().0, [entry(3, "inner", FILETYPE_REGULAR_FILE)]);
-    let file = t.open(OUT, "file", 0, 0).unwrap();
-    for fd in [0, 1, 2, file] {
-        assert_eq!(t.readdir(fd, 4096, 0), Err(errno::NOTDIR), "{fd}");
-    }
-    assert_eq!(t.readdir(99, 4096, 0), Err(errno::BADF));
-    // A directory removed under its fd.
-    t.unlink(OUT, "sub/inner").unwrap();
-    t.rmdir(OUT, "sub").unwrap();
-    assert_eq!(t.readdir(sub, 4096, 0), Err(errno::BADF));
+    let fd = t.open_rw(OUT, "f", OFLAGS_CREAT).unwrap();
+    t.write(fd, &[b"content"]).unwrap();
+    let ino = ino_of(&t.filestat(fd).unwrap());
+    t.mkdir(OUT, "d").unwrap();
+    t.rename(OUT, "f", OUT, "d/g").unwrap();
+    assert_eq!(t.content("out/d/g").unwrap(), b"content");
+    assert_eq!(ino_of(&t.path_stat(OUT, "d/g").unwrap()), ino, "the same inode");
+    assert_eq!(t.rename(OUT, "f", OUT, "x"), Err(errno::NOENT));
+    assert_eq!(t.rename(OUT, "d/g/", OUT, "x"), Err(errno::NOTDIR));
+    assert_eq!(t.rename(OUT, "d/g", OUT, "x/"), Err(errno::NOTDIR));
+    assert_eq!(t.rename(OUT, "d", OUT, "d/sub"), Err(errno::INVAL));
+    assert_eq!(t.rename(OUT, "d", OUT, "e/"), Ok(()));
+    assert_eq!(t.rename(OUT, ".", OUT, "x"), Err(errno::BUSY));
+    assert_eq!(t.rename(IN, "a.txt", OUT, "a"), Err(errno::ROFS));
+    assert_eq!(t.rename(SLASH, "out", SLASH, "x"), Err(errno::BUSY));
+    assert_eq!(t.rename(OUT, "e/g", IN, "g"), Err(errno::ROFS));
+    assert_eq!(t.rename(OUT, "e/g", 1, "g"), Err(errno::NOTDIR));
+    assert_eq!(t.rename(OUT, "../x", OUT, "g"), Err(errno::PERM));
+    fd_fdstat_set_rights(&mut t.w, IN, rights::PATH_OPEN as i64, 0).unwrap();
+    assert_eq!(t.rename(OUT, "e/g", IN, "g"), Err(errno::NOTCAPABLE));
 }
 
 #[test]
-fn only_fds_3_and_4_are_preopened() {
+fn links_symlinks_and_readlink() {
     let mut t = job();
-    t.mem[RESULT as usize..RESULT as usize + 8].fill(0xaa);
-    fd_prestat_get(&mut t.mem, &mut t.w, IN, RESULT).unwrap();
-    assert_eq!(t.mem[RESULT as usize..RESULT as usize + 8], [0, 0, 0, 0, 3, 0, 0, 0]);
-    fd_prestat_get(&mut t.mem, &mut t.w, OUT, RESULT).unwrap();
-    assert_eq!(u32_at(&t.mem, RESULT + 4), 4);
-    fd_prestat_dir_name(&mut t.mem, &mut t.w, IN, 0x10, 3).unwrap();
-    assert_eq!(&t.mem[0x10..0x13], b"/in");
-    t.mem[0x20..0x28].fill(0xaa);
-    fd_prestat_dir_name(&mut t.mem, &mut t.w, OUT, 0x20, 100).unwrap();
-    assert_eq!(&t.mem[0x20..0x25], b"/out\xaa");
-    fd_prestat_dir_name(&mut t.mem, &mut t.w, OUT, 0x30, 2).unwrap();
-    assert_eq!(&t.mem[0x30..0x33], b"/o\0");
-    assert_eq!(fd_prestat_dir_name(&mut t.mem, &mut t.w, OUT, END - 3, 4), Err(errno::FAULT));
-    assert_eq!(fd_prestat_dir_name(&mut t.mem, &mut t.w, OUT, END - 4, 4), Ok(()));
-    assert_eq!(fd_prestat_get(&mut t.mem, &mut t.w, IN, END - 7), Err(errno::FAULT));
-    // Directories opened later, even /out itself again, are not preopens.
-    let again = t.open(OUT, ".", OFLAGS_DIRECTORY, 0).unwrap();
-    let in_again = t.open(IN, "", 0, 0).unwrap();
-    for fd in [0, 1, 2, again, in_again, 40, -1] {
-        assert_eq!(fd_prestat_get(&mut t.mem, &mut t.w, fd, RESULT), Err(errno::BADF), "{fd}");
-        assert_eq!(fd_prestat_dir_name(&mut t.mem, &mut t.w, fd, 0x10, 8), Err(errno::BADF), "{fd}");
+    let fd = t.open_rw(OUT, "f", OFLAGS_CREAT).unwrap();
+    t.write(fd, &[b"shared"]).unwrap();
+    t.link(OUT, 0, "f", OUT, "g").unwrap();
+    assert_eq!(u64_at_slice(&t.filestat(fd).unwrap(), 24), 2);
+    assert_eq!(t.content("out/g").unwrap(), b"shared");
+    assert_eq!(t.link(OUT, 0, "f", OUT, "g"), Err(errno::EXIST));
+    assert_eq!(t.link(OUT, 0, "f", OUT, "h/"), Err(errno::NOENT));
+    assert_eq!(t.link(OUT, 0, ".", OUT, "h"), Err(errno::PERM), "no links to directories");
+    assert_eq!(t.link(IN, 0, "a.txt", OUT, "a"), Err(errno::XDEV));
+    assert_eq!(t.link(OUT, 0, "f", IN, "f"), Err(errno::ROFS));
+    assert_eq!(t.link(OUT, 0, "nope", OUT, "h"), Err(errno::NOENT));
+    t.symlink("f", OUT, "s").unwrap();
+    assert_eq!(t.readlink(OUT, "s", 100).unwrap(), b"f");
+    assert_eq!(t.readlink(OUT, "s", 0).unwrap(), b"", "cut to the buffer");
+    assert_eq!(t.readlink(OUT, "f", 100), Err(errno::INVAL));
+    assert_eq!(t.readlink(OUT, "nope", 100), Err(errno::NOENT));
+    assert_eq!(t.readlink(IN, "link", 3).unwrap(), b"a.t");
+    // No hard link to a symlink itself (the image names each once), but
+    // through it to its target.
+    assert_eq!(t.link(OUT, 0, "s", OUT, "s2"), Err(errno::PERM));
+    t.link(OUT, 1, "s", OUT, "f3").unwrap();
+    assert_eq!(u64_at_slice(&t.filestat(fd).unwrap(), 24), 3);
+    assert_eq!(t.symlink("x", OUT, "s"), Err(errno::EXIST));
+    assert_eq!(t.symlink("x", OUT, "t/"), Err(errno::NOENT));
+    assert_eq!(t.symlink("", OUT, "t"), Err(errno::NOENT));
+    assert_eq!(t.symlink("x", IN, "t"), Err(errno::ROFS));
+    assert_eq!(t.symlink("x", OUT, "../t"), Err(errno::PERM));
+    // A symlink out of the directory can be made, never followed out.
+    t.symlink("../in/a.txt", OUT, "esc").unwrap();
+    assert_eq!(t.open_ro(OUT, "esc"), Err(errno::PERM));
+    let through_root = t.open_ro(SLASH, "out/esc").unwrap();
+    assert_eq!(t.read_all(through_root), A_TXT);
+    let p = t.path("s");
+    set(&mut t.mem, DATA, b"\xff");
+    assert_eq!(path_symlink(&mut t.mem, &mut t.w, (DATA, 1), OUT, p), Err(errno::ILSEQ));
+}
+
+#[test]
+fn sockets_do_not_exist() {
+    let mut t = job();
+    for fd in [0, 1, IN] {
+        assert_eq!(sock_call(&mut t.w, fd), Err(errno::NOTSOCK));
     }
+    assert_eq!(sock_call(&mut t.w, 99), Err(errno::BADF));
+}
+
+#[test]
+fn a_full_disk_is_enospc_after_what_fit() {
+    let mut image = ImageBuilder::new();
+    image.mount("/out", false);
+    let fs = Fs::load(image.build(20), 1 << 20).unwrap();
+    let mut t = job();
+    t.w.fs = fs;
+    t.w.fds.truncate(3);
+    t.w.fds.push(Some(Fd {
+        kind: Kind::Dir { ino: t.w.fs.find_dir("/out").unwrap(), preopen: None, listing: None },
+        base: rights::DIR,
+        inheriting: rights::INHERITING,
+        flags: 0,
+    }));
+    let fd = t.open_rw(3, "big", OFLAGS_CREAT).unwrap();
+    t.mem = vec![0; 1 << 20];
+    set_iovs(&mut t.mem, IOVS, &[(DATA, 200_000)]);
+    fd_write(&mut t.mem, &mut t.w, fd, IOVS, 1, RESULT).unwrap();
+    let n = u32_at(&t.mem, RESULT);
+    assert!(n > 0 && n < 200_000, "{n}");
+    assert_eq!(fd_write(&mut t.mem, &mut t.w, fd, IOVS, 1, RESULT), Err(errno::NOSPC));
+    t.w.fs.save().unwrap();
+}
+
+#[test]
+fn poll_reports_what_a_file_has_left_and_bad_fds() {
+    let mut t = job();
+    let fd = t.open_ro(IN, "a.txt").unwrap();
+    subscriptions(&mut t.mem, SUBS, &[(1, 1, fd as u32, 0, 0), (2, 1, 99, 0, 0), (3, 2, IN as u32, 0, 0)]);
+    poll_oneoff(&mut t.mem, &mut t.w, SUBS, EVENTS, 3, RESULT).unwrap();
+    assert_eq!(u32_at(&t.mem, RESULT), 3);
+    let event = |i: u32| {
+        let e = &t.mem[(EVENTS + 32 * i) as usize..(EVENTS + 32 * i + 32) as usize];
+        (u64_at_slice(e, 0), u16::from_le_bytes([e[8], e[9]]), e[10], u64_at_slice(e, 16))
+    };
+    assert_eq!(event(0), (1, 0, 1, A_TXT.len() as u64));
+    assert_eq!(event(1), (2, errno::BADF, 1, 0));
+    assert_eq!(event(2), (3, errno::BADF, 2, 0));
+    subscriptions(&mut t.mem, SUBS, &[(1, 9, 0, 0, 0)]);
+    assert_eq!(poll_oneoff(&mut t.mem, &mut t.w, SUBS, EVENTS, 1, RESULT), Err(errno::INVAL));
 }
 
 /// A subscription: (userdata, tag, clock id, timeout, flags).
