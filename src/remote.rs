@@ -57,6 +57,11 @@ fn request(spec: &JobSpec) -> Value {
             "outputs_max_mib": spec.outputs_max_bytes >> 20,
         },
     });
+    // A remote job's stdin is a file the daemon opens under its files root;
+    // mvm's own stdin is not sent.
+    if let Some(stdin) = &spec.stdin {
+        body["run"]["stdin"] = json!(absolute_file(stdin).to_string_lossy());
+    }
     if let Some(network) = &spec.network {
         body["network"] = json!({
             "enabled": true,

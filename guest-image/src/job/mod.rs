@@ -7,7 +7,8 @@
 //! command-line order: virtio-blk 0, the job disk (the compiled module, its
 //! arguments and environment, and the input files; see tar.rs in mvm-wasi,
 //! guest-image/wasi/, which also holds the WASI functions); virtio-blk 1,
-//! the output disk; virtio-console 0 and 1, the job's stdout and stderr.
+//! the output disk; virtio-console 0 and 1, the job's stdout and stderr
+//! (and stdin, on console 0's receive queue).
 //! When the module returns or calls `proc_exit`, the guest writes what the
 //! job left under /out to the output disk and powers off with the exit
 //! status; when it traps, it does the same and powers off with reason
@@ -28,9 +29,9 @@ use mvm_wasi::wasi::{Devices, Wasi};
 
 use crate::entropy::Entropy;
 use crate::virtio::blk::Blk;
-use crate::virtio::console::OutputStream;
+use crate::virtio::console;
 use crate::virtio::{self, DEVICE_BLOCK, DEVICE_CONSOLE};
-use wasi::{NoInput, Output, State, Tsc};
+use wasi::{Input, Output, State, Tsc};
 
 enum Ending {
     Exit(u8),
@@ -44,15 +45,17 @@ pub fn run(cmdline: &[u8]) -> ! {
     };
     let mut job_disk = Blk::new(job_disk).unwrap_or_else(|e| panic!("job disk: {e:?}"));
     let mut out_disk = Blk::new(out_disk).unwrap_or_else(|e| panic!("output disk: {e:?}"));
-    let mut consoles = virtio::find(cmdline, DEVICE_CONSOLE).into_iter().map(|mmio| match OutputStream::new(mmio) {
-        Ok(stream) => Output::Console(stream),
-        Err(e) => panic!("job console: {e:?}"),
-    });
-    let stdout = consoles.next().unwrap_or(Output::Com1);
-    let stderr = consoles.next().unwrap_or(Output::Com1);
+    let mut consoles = virtio::find(cmdline, DEVICE_CONSOLE)
+        .into_iter()
+        .map(|mmio| console::open(mmio).unwrap_or_else(|e| panic!("job console: {e:?}")));
+    let (stdout, stdin) = match consoles.next() {
+        Some((output, input)) => (Output::Console(output), Input::Console(input)),
+        None => (Output::Com1, Input::Ended),
+    };
+    let stderr = consoles.next().map_or(Output::Com1, |(output, _)| Output::Console(output));
 
     let job = tar::read_job(&mut job_disk).unwrap_or_else(|e| panic!("cannot read the job disk: {e:?}"));
-    let devices = Devices { job_disk, stdin: NoInput, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
+    let devices = Devices { job_disk, stdin, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
     let state = Wasi::new(job.args, job.env, job.inputs, devices);
     let (ending, mut state) = execute(job.module.leak(), state);
     state.flush_outputs();
