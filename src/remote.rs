@@ -138,6 +138,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn run_stdin_goes_to_the_daemon_as_an_absolute_path_and_only_when_given() {
+        use mvm_api::job::HostLimits;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("m.wat"), "(module)").unwrap();
+        std::fs::write(root.join("in.txt"), "x").unwrap();
+        let host = HostLimits { memory_mib: 1024, cpus: 1 };
+        let parse = |text: &str| JobSpec::parse(text, &root.join("job.toml"), &host).unwrap();
+        let body = request(&parse("[run]\nwasm = \"m.wat\"\nstdin = \"in.txt\"\n"));
+        assert_eq!(body["run"]["stdin"], json!(root.join("in.txt")));
+        let body = request(&parse("[run]\nwasm = \"m.wat\"\n"));
+        assert!(body["run"].get("stdin").is_none(), "{body}");
+    }
+
+    #[test]
     fn normalize_drops_dot_and_dot_dot() {
         assert_eq!(normalize(Path::new("/a/./b/../c/")), PathBuf::from("/a/c"));
     }

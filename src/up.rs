@@ -388,6 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn the_jobs_stdin_is_run_stdins_regular_file_or_mvms_own() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wat"), "(module)").unwrap();
+        std::fs::write(dir.path().join("in.txt"), "from the file").unwrap();
+        let job = dir.path().join("job.toml");
+        let host = HostLimits::detect();
+        let own = || File::open(dir.path().join("m.wat")).unwrap();
+        let spec = JobSpec::parse("[run]\nwasm = \"m.wat\"\nstdin = \"in.txt\"\n", &job, &host).unwrap();
+        let mut text = String::new();
+        job_stdin(&spec, own()).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "from the file");
+        let spec = JobSpec::parse("[run]\nwasm = \"m.wat\"\n", &job, &host).unwrap();
+        text.clear();
+        job_stdin(&spec, own()).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "(module)", "mvm's own stdin");
+        // Checked when the job file was read, then replaced by a FIFO: refused, without waiting for a writer.
+        let spec = JobSpec::parse("[run]\nwasm = \"m.wat\"\nstdin = \"in.txt\"\n", &job, &host).unwrap();
+        std::fs::remove_file(dir.path().join("in.txt")).unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("in.txt").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo touches no memory of ours.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let err = job_stdin(&spec, own()).unwrap_err();
+        assert!(format!("{err:#}").starts_with("run.stdin: not a regular file: "), "{err:#}");
+    }
+
+    #[test]
     fn outputs_not_collected_turn_only_a_success_into_an_error() {
         let exit = |status| ending(&VmEnd::PowerOff(GuestExit { reason: ExitReason::Exit, status }), 16);
         assert_eq!(exit(0).exit_status(false), 0);
