@@ -313,3 +313,76 @@ fn jobs_that_stop_reading_do_not_wait_for_a_stdin_that_stays_open() {
     assert_eq!(ran.status.code(), Some(3), "{}", text(&ran.stderr));
     assert_eq!(text(&ran.stdout), "x".repeat(16));
 }
+
+/// Writes 100 lines and at once a prompt without a newline (the guest
+/// hands output over on its own only a millisecond after the last time,
+/// and these writes come quicker than that), then echoes one read of stdin.
+const PROMPTS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 32) "hi\nname? ")
+  (func (export "_start")
+    (local $n i32)
+    (i32.store (i32.const 0) (i32.const 32))
+    (i32.store (i32.const 4) (i32.const 3))
+    (loop $lines
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br_if $lines (i32.lt_u (local.get $n) (i32.const 100))))
+    (i32.store (i32.const 0) (i32.const 35))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 64))
+    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 4) (i32.load (i32.const 8)))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn a_prompt_is_out_before_the_job_waits_for_its_answer() {
+    common::require_kvm();
+    let dir = job(PROMPTS, "");
+    let mut child = mvm()
+        .arg("up")
+        .arg(dir.path().join("job.toml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            bytes.extend_from_slice(&buf[..n]);
+            let _ = got_tx.send(bytes.clone());
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let prompt = format!("{}name? ", "hi\n".repeat(100));
+    while text(&seen) != prompt {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match got_rx.recv_timeout(left) {
+            Ok(bytes) => seen = bytes,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no prompt while the job waits for stdin; got {:?}", text(&seen));
+            }
+        }
+    }
+    child.stdin.take().unwrap().write_all(b"Ada\n").unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    while let Ok(bytes) = got_rx.recv_timeout(Duration::from_secs(10)) {
+        seen = bytes;
+    }
+    assert_eq!(text(&seen), format!("{prompt}Ada\n"));
+}

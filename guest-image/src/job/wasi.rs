@@ -61,6 +61,16 @@ pub enum Input {
     Ended,
 }
 
+impl Input {
+    /// Whether a read now would wait for the host.
+    fn would_wait(&self) -> bool {
+        match self {
+            Input::Console(stream) => stream.would_wait(),
+            Input::Ended => false,
+        }
+    }
+}
+
 impl mvm_wasi::Input for Input {
     fn read(&mut self, buf: &mut [u8]) -> usize {
         match self {
@@ -192,9 +202,15 @@ pub fn link(linker: &mut Linker<State>, module: &Module) -> wasmtime::Result<()>
     wasi!(linker, "fd_write", |mem, wasi, fd: i32, iovs: u32, count: u32, written: u32| w::fd_write(
         mem, wasi, fd, iovs, count, written
     ));
-    wasi!(linker, "fd_read", |mem, wasi, fd: i32, iovs: u32, count: u32, read: u32| w::fd_read(
-        mem, wasi, fd, iovs, count, read
-    ));
+    wasi!(linker, "fd_read", |mem, wasi, fd: i32, iovs: u32, count: u32, read: u32| {
+        // A job about to wait for its stdin shows what it wrote first (a
+        // prompt, the answer to the last line), as a terminal's stdio would.
+        if fd == 0 && wasi.devices.stdin.would_wait() {
+            mvm_wasi::Output::flush(&mut wasi.devices.stdout);
+            mvm_wasi::Output::flush(&mut wasi.devices.stderr);
+        }
+        w::fd_read(mem, wasi, fd, iovs, count, read)
+    });
     wasi!(linker, "fd_seek", |mem, wasi, fd: i32, offset: i64, whence: i32, result: u32| w::fd_seek(
         mem, wasi, fd, offset, whence, result
     ));

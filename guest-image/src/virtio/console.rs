@@ -169,6 +169,11 @@ impl InputStream {
         done
     }
 
+    /// Whether a read now would wait: nothing delivered and not ended.
+    pub fn would_wait(&self) -> bool {
+        !self.ended && self.current.is_none() && !self.receive.has_used()
+    }
+
     fn post(&mut self, mut buffer: Box<[u8]>) {
         let head = self.receive.add(&[Buffer::writable(&mut *buffer)]).expect("the queue holds every buffer");
         self.posted.push((head, buffer));
