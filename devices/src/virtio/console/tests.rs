@@ -752,3 +752,27 @@ fn the_stream_goes_on_across_a_reset() {
     assert_eq!(rx.used_all(), vec![(0, 3), (1, 0)]);
     assert_eq!(b.get(BUFS, 3), b"two");
 }
+
+#[test]
+fn an_end_met_after_some_bytes_is_kept_for_the_next_chain() {
+    let named = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(named.path(), pattern(3000, 1)).unwrap();
+    let mut b = input_bench(File::open(named.path()).unwrap());
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    // The first buffer takes the whole file; the read into the second finds the end.
+    rx.add(&[(BUFS, 3000, true), (BUFS + 0x1000, 5000, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the data", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (0, 3000));
+    assert_eq!(b.get(BUFS, 3000), pattern(3000, 1));
+    // An end is not read twice (a terminal's end of file is one read of 0,
+    // and what comes after it is not this stream): bytes the file gains
+    // now are not read.
+    std::fs::OpenOptions::new().append(true).open(named.path()).unwrap().write_all(b"more").unwrap();
+    rx.add(&[(BUFS + 0x3000, 16, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the end", || rx.used_idx() == 2);
+    assert_eq!(rx.used_elem(1), (2, 0));
+    assert_eq!(b.metric(|m| &m.bytes_in), 3000);
+}
