@@ -776,3 +776,27 @@ fn an_end_met_after_some_bytes_is_kept_for_the_next_chain() {
     assert_eq!(rx.used_elem(1), (2, 0));
     assert_eq!(b.metric(|m| &m.bytes_in), 3000);
 }
+
+#[test]
+fn a_chain_is_returned_with_what_has_come_without_waiting_to_fill_it() {
+    let (writer, reader) = stream();
+    let mut b = input_bench(reader);
+    // Dropped before the device, even when the test fails: a read stuck
+    // waiting for more then ends, and so does the device's drop.
+    let mut writer = writer;
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    // Exactly the first buffer's worth: reading on into the second would wait.
+    writer.write_all(&[7; 16]).unwrap();
+    rx.add(&[(BUFS, 16, true), (BUFS + 0x100, 16, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the chain", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (0, 16));
+    // Less than the first buffer: returned at once too.
+    writer.write_all(&[8; 10]).unwrap();
+    rx.add(&[(BUFS + 0x200, 16, true), (BUFS + 0x300, 16, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the second chain", || rx.used_idx() == 2);
+    assert_eq!(rx.used_elem(1), (2, 10));
+    drop(writer);
+}
