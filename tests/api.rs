@@ -696,4 +696,11 @@ fn a_jobs_stdin_is_a_file_under_the_files_root() {
     std::os::unix::fs::symlink("/etc/passwd", root.path().join("passwd")).unwrap();
     let (status, error) = daemon.call("POST", "/v1/jobs", Some(&cat(Some("passwd"))));
     assert_eq!((status, &error["field"]), (403, &json!("run.stdin")), "{error}");
+
+    // `mvm up --remote` sends `[run] stdin` (as a path the daemon opens).
+    let toml = "[guest]\nmemory_mib = 16\n[run]\nwasm = \"cat.wat\"\nstdin = \"moved.txt\"\n";
+    std::fs::write(root.path().join("job.toml"), toml).unwrap();
+    let out = mvm().arg("up").arg("--remote").arg(&daemon.socket).arg(root.path().join("job.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), input);
 }
