@@ -57,6 +57,11 @@ fn request(spec: &JobSpec) -> Value {
             "outputs_max_mib": spec.outputs_max_bytes >> 20,
         },
     });
+    // A remote job's stdin is a file the daemon opens under its files root;
+    // mvm's own stdin is not sent.
+    if let Some(stdin) = &spec.stdin {
+        body["run"]["stdin"] = json!(absolute_file(stdin).to_string_lossy());
+    }
     if let Some(network) = &spec.network {
         body["network"] = json!({
             "enabled": true,
@@ -131,6 +136,21 @@ fn report(record: &Value, name: &str, json: bool) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_stdin_goes_to_the_daemon_as_an_absolute_path_and_only_when_given() {
+        use mvm_api::job::HostLimits;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("m.wat"), "(module)").unwrap();
+        std::fs::write(root.join("in.txt"), "x").unwrap();
+        let host = HostLimits { memory_mib: 1024, cpus: 1 };
+        let parse = |text: &str| JobSpec::parse(text, &root.join("job.toml"), &host).unwrap();
+        let body = request(&parse("[run]\nwasm = \"m.wat\"\nstdin = \"in.txt\"\n"));
+        assert_eq!(body["run"]["stdin"], json!(root.join("in.txt")));
+        let body = request(&parse("[run]\nwasm = \"m.wat\"\n"));
+        assert!(body["run"].get("stdin").is_none(), "{body}");
+    }
 
     #[test]
     fn normalize_drops_dot_and_dot_dot() {

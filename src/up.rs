@@ -6,11 +6,16 @@
 //! arguments, environment and input files are staged into a job disk image
 //! and an empty output disk image in a private temporary directory (removed
 //! when mvm ends); the builtin guest runs the module with its stdout and stderr on two
-//! virtio consoles streamed live to mvm's own; what the job wrote under /out
+//! virtio consoles streamed live to mvm's own, and its stdin on the first
+//! console's receive queue, read from `[run] stdin`'s file or else from
+//! mvm's own stdin as the job consumes it; what the job wrote under /out
 //! is unpacked, as hostile input, into the job's output directory. One line
 //! on stderr says why the job ended (`--json`: a JSON object instead).
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -18,7 +23,7 @@ use std::time::Instant;
 use anyhow::Context;
 use mvm_api::job::{self, Cache, HostLimits, JobSpec, Kernel};
 use mvm_vmm::power::ExitReason;
-use mvm_vmm::virtio::{ConsoleSink, DiskConfig, NetConfig, NotifyPath};
+use mvm_vmm::virtio::{ConsoleConfig, ConsoleSink, DiskConfig, NetConfig, NotifyPath};
 use mvm_vmm::{KernelSource, VmConfig, VmEnd};
 
 use crate::status;
@@ -149,10 +154,40 @@ fn remove_on_signal(dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// mvm's own stdin as a file of its own (a second descriptor of it). Taken
+/// before mvm opens anything: when fd 0 is closed, the next file opened
+/// would be fd 0, and the job would read it. A closed stdin reads as empty.
+fn own_stdin() -> anyhow::Result<File> {
+    match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(err) if err.raw_os_error() == Some(libc::EBADF) => {
+            File::open("/dev/null").context("mvm's stdin is closed, and /dev/null cannot be opened in its place")
+        }
+        Err(err) => Err(err).context("cannot take mvm's stdin for the job"),
+    }
+}
+
+/// The job's stdin: `[run] stdin`'s file, else mvm's own. The file was
+/// checked with the job file; it is checked again once open (its name may
+/// lead elsewhere by now), opened without waiting in case it became a FIFO.
+fn job_stdin(spec: &JobSpec, own: File) -> anyhow::Result<File> {
+    let Some(path) = &spec.stdin else { return Ok(own) };
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("run.stdin: cannot open {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("run.stdin: cannot access {}", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "run.stdin: not a regular file: {}", path.display());
+    Ok(file)
+}
+
 /// Runs the job at `job_file`; its compiled code comes from and goes to
 /// `cache` (`None`: compiled for this run only).
 pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>) -> anyhow::Result<u8> {
+    let own = own_stdin()?;
     let spec = JobSpec::load(job_file, &HostLimits::detect())?;
+    let stdin = job_stdin(&spec, own)?;
     let work = tempfile::Builder::new().prefix("mvm-job-").tempdir().context("cannot make a temporary directory")?;
     // Before compiling: the compiler's worker threads must inherit the
     // blocked signals, or a ^C could end mvm on one of them, skipping the
@@ -194,7 +229,10 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>)
         ],
         nets,
         cpu_quota: spec.cpu_quota,
-        consoles: vec![ConsoleSink::new(std::io::stdout()), ConsoleSink::new(std::io::stderr())],
+        consoles: vec![
+            ConsoleConfig { output: ConsoleSink::new(std::io::stdout()), input: Some(stdin) },
+            ConsoleConfig::output(ConsoleSink::new(std::io::stderr())),
+        ],
         notify: NotifyPath::Exit,
     };
     let diagnostics = Diagnostics::default();
@@ -347,6 +385,33 @@ mod tests {
         assert!(message.starts_with(&expected), "{message}");
         assert!(!dir.path().join("out").exists(), "no outputs without a VM");
         assert_eq!(cache.entries().unwrap().len(), 1, "the module was compiled before the VM was asked for");
+    }
+
+    #[test]
+    fn the_jobs_stdin_is_run_stdins_regular_file_or_mvms_own() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wat"), "(module)").unwrap();
+        std::fs::write(dir.path().join("in.txt"), "from the file").unwrap();
+        let job = dir.path().join("job.toml");
+        let host = HostLimits::detect();
+        let own = || File::open(dir.path().join("m.wat")).unwrap();
+        let spec = JobSpec::parse("[run]\nwasm = \"m.wat\"\nstdin = \"in.txt\"\n", &job, &host).unwrap();
+        let mut text = String::new();
+        job_stdin(&spec, own()).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "from the file");
+        let spec = JobSpec::parse("[run]\nwasm = \"m.wat\"\n", &job, &host).unwrap();
+        text.clear();
+        job_stdin(&spec, own()).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "(module)", "mvm's own stdin");
+        // Checked when the job file was read, then replaced by a FIFO: refused, without waiting for a writer.
+        let spec = JobSpec::parse("[run]\nwasm = \"m.wat\"\nstdin = \"in.txt\"\n", &job, &host).unwrap();
+        std::fs::remove_file(dir.path().join("in.txt")).unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("in.txt").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo touches no memory of ours.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let err = job_stdin(&spec, own()).unwrap_err();
+        assert!(format!("{err:#}").starts_with("run.stdin: not a regular file: "), "{err:#}");
     }
 
     #[test]

@@ -648,3 +648,59 @@ fn a_running_vm_takes_a_slot_of_max_running() {
     let id = daemon.create(hello());
     assert_eq!(daemon.wait_end("jobs", &id)["state"], "exited", "the slot is free once the VM has stopped");
 }
+
+/// Copies its stdin to its stdout, 4 KiB at a time, to the end.
+const CAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 1024))
+    (block $eof (loop $more
+      (i32.store (i32.const 4) (i32.const 4096))
+      (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br_if $eof (i32.eqz (i32.load (i32.const 8))))
+      (i32.store (i32.const 4) (i32.load (i32.const 8)))
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $more)))))"#;
+
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn a_jobs_stdin_is_a_file_under_the_files_root() {
+    common::require_kvm();
+    let root = files_root();
+    std::fs::write(root.path().join("cat.wat"), CAT).unwrap();
+    let input: String = (0..3000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(root.path().join("input.txt"), &input).unwrap();
+    let daemon = Daemon::start(root.path(), &[]);
+    let cat = |stdin: Option<&str>| {
+        let mut body = json!({ "guest": { "memory_mib": 16, "timeout_s": 60 }, "run": { "wasm": "cat.wat" } });
+        if let Some(stdin) = stdin {
+            body["run"]["stdin"] = json!(stdin);
+        }
+        body
+    };
+    let id = daemon.create(cat(Some("input.txt")));
+    // Changed after the job was created: the job reads the file it opened.
+    std::fs::rename(root.path().join("input.txt"), root.path().join("moved.txt")).unwrap();
+    std::fs::write(root.path().join("input.txt"), "replaced").unwrap();
+    let record = daemon.wait_end("jobs", &id);
+    assert_eq!(record["state"], "exited", "{record}");
+    assert_eq!(record["spec"]["run"]["stdin"], "input.txt");
+    assert_eq!(daemon.logs(&id, "stream=stdout"), input);
+
+    let id = daemon.create(cat(None));
+    assert_eq!(daemon.wait_end("jobs", &id)["state"], "exited");
+    assert_eq!(daemon.logs(&id, "stream=stdout"), "", "no stdin field: empty stdin");
+
+    std::os::unix::fs::symlink("/etc/passwd", root.path().join("passwd")).unwrap();
+    let (status, error) = daemon.call("POST", "/v1/jobs", Some(&cat(Some("passwd"))));
+    assert_eq!((status, &error["field"]), (403, &json!("run.stdin")), "{error}");
+
+    // `mvm up --remote` sends `[run] stdin` (as a path the daemon opens).
+    let toml = "[guest]\nmemory_mib = 16\n[run]\nwasm = \"cat.wat\"\nstdin = \"moved.txt\"\n";
+    std::fs::write(root.path().join("job.toml"), toml).unwrap();
+    let out = mvm().arg("up").arg("--remote").arg(&daemon.socket).arg(root.path().join("job.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), input);
+}

@@ -4,6 +4,7 @@
 //! `virtio_mmio.device=4K@<base>:<irq>` words on its command line, as Linux
 //! expects.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -49,6 +50,21 @@ pub struct NetConfig {
 /// up the VM (a job's stdout, a log).
 #[derive(Clone)]
 pub struct ConsoleSink(Arc<Mutex<dyn Write + Send>>);
+
+/// One virtio console: where its output goes and where its input comes
+/// from. Without an input, the guest reads an ended stream.
+pub struct ConsoleConfig {
+    pub output: ConsoleSink,
+    /// Read only while the guest has receive buffers posted, straight into
+    /// them (see mvm_devices::virtio::console): a pipe, a terminal, a file.
+    pub input: Option<File>,
+}
+
+impl ConsoleConfig {
+    pub fn output(output: ConsoleSink) -> ConsoleConfig {
+        ConsoleConfig { output, input: None }
+    }
+}
 
 impl ConsoleSink {
     pub fn new(out: impl Write + Send + 'static) -> ConsoleSink {
@@ -223,6 +239,8 @@ pub enum AttachError {
         #[source]
         source: TapError,
     },
+    #[error("cannot share a console's input with its device")]
+    ConsoleInput(#[source] std::io::Error),
     #[error("cannot set up a virtio transport")]
     Transport(#[source] VirtioError),
     #[error("cannot place a virtio device on the MMIO bus")]
@@ -256,7 +274,7 @@ impl VirtioInterrupt for GuestNotifier {
 pub struct Requested<'a> {
     pub disks: &'a [DiskConfig],
     pub nets: &'a [NetConfig],
-    pub consoles: &'a [ConsoleSink],
+    pub consoles: &'a [ConsoleConfig],
     pub notify: NotifyPath,
 }
 
@@ -284,8 +302,14 @@ pub fn attach(
         let tap = Tap::open(&config.tap).map_err(|source| AttachError::Net { tap: config.tap.clone(), source })?;
         devices.push(Box::new(VirtioNet::new(tap, config.mac.unwrap_or_else(net::random_mac))));
     }
-    for sink in consoles {
-        devices.push(Box::new(VirtioConsole::new(Box::new(sink.clone()))));
+    for console in consoles {
+        let output = Box::new(console.output.clone());
+        let device = match &console.input {
+            None => VirtioConsole::new(output),
+            // A second descriptor of the same open file: the offset is shared.
+            Some(input) => VirtioConsole::with_input(output, input.try_clone().map_err(AttachError::ConsoleInput)?),
+        };
+        devices.push(Box::new(device));
     }
     let count = devices.len();
     let mut notifiers = Notifiers::default();

@@ -26,7 +26,7 @@ use crate::layout::low_ram_end;
 use crate::loader::{Kernel, KernelSource, LoaderError};
 use crate::quota::{self, Quota, Throttle};
 use crate::vcpu::{self, Buses, EndCause, Idle, StopCause, VcpuEnd, Wakeup};
-use crate::virtio::{ConsoleSink, DiskConfig, NetConfig, NotifyPath, Requested};
+use crate::virtio::{ConsoleConfig, DiskConfig, NetConfig, NotifyPath, Requested};
 use crate::{boot, memory, pvm, x86};
 
 /// What Linux needs on its command line to use COM1 and reboot through the
@@ -47,8 +47,8 @@ pub struct VmConfig {
     /// is a quarter of one core), enforced by `quota.rs`; None: no limit.
     pub cpu_quota: Option<f64>,
     /// virtio consoles, after the disks and network devices: a job's stdout
-    /// and stderr.
-    pub consoles: Vec<ConsoleSink>,
+    /// (with its stdin as the input) and stderr.
+    pub consoles: Vec<ConsoleConfig>,
     /// How queue notifications reach the devices.
     pub notify: NotifyPath,
 }

@@ -74,6 +74,7 @@ pub struct RawRun {
     pub wasm: Option<String>,
     pub args: Option<Vec<String>>,
     pub env: Option<BTreeMap<String, String>>,
+    pub stdin: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -112,6 +113,8 @@ pub struct JobSpec {
     pub args: Vec<String>,
     /// Sorted by key.
     pub env: Vec<(String, String)>,
+    /// The file the job reads as its stdin; `None`: `mvm up`'s own stdin.
+    pub stdin: Option<PathBuf>,
     /// Each seen in the guest as `/in/<file name>`; file names are unique.
     pub inputs: Vec<PathBuf>,
     /// Where the job's `/out` comes back. Not created by validation.
@@ -448,6 +451,7 @@ impl Resolver<'_> {
             };
             return Err(self.invalid(&join_key("run.env", k), problem));
         }
+        let stdin = raw.run.stdin.map(|path| self.existing_file("run.stdin", &path)).transpose()?;
 
         let inputs = self.inputs(raw.files.inputs.unwrap_or_default())?;
         let outputs = self.outputs(raw.files.outputs.as_deref().unwrap_or(DEFAULT_OUTPUTS))?;
@@ -467,6 +471,7 @@ impl Resolver<'_> {
             wasm,
             args,
             env,
+            stdin,
             inputs,
             outputs,
             outputs_max_bytes: outputs_max_mib * MIB,

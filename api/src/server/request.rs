@@ -6,7 +6,13 @@
 //! confined to the files root and made absolute, and the result is written
 //! out as TOML and checked by [`JobSpec::parse`], exactly as `mvm up` will
 //! check it again in the child: one validation, not two.
+//!
+//! A job's stdin file is the exception: it is opened here, beneath the files
+//! root's directory (`openat2` with `RESOLVE_BENEATH`: no `..`, absolute
+//! link or magic link out of it), checked on the open descriptor, and that
+//! descriptor becomes the child's stdin; its name is never used again.
 
+use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use axum::http::StatusCode;
@@ -73,6 +79,8 @@ pub struct Launch {
     pub job_toml: Option<String>,
     /// The `mvm` command line after the binary's name.
     pub args: Vec<String>,
+    /// Jobs: the child's stdin (`run.stdin`, opened); `None`: empty.
+    pub stdin: Option<File>,
 }
 
 /// The state directory of one machine: its job file, logs and staged images.
@@ -119,9 +127,18 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
     if raw.name.is_none() {
         obj.insert("name".into(), json!(default_name(raw.run.wasm.as_deref())));
     }
+    // Opened now, checked last of all its fields by the job file's rules
+    // below, and handed to the child as its stdin, not by name.
+    let stdin = raw.run.stdin.as_deref().map(|path| ctx.open_stdin(path)).transpose()?;
+    let mut job_file_fields = obj.clone();
+    if let Some(Value::Object(run)) = job_file_fields.get_mut("run") {
+        run.remove("stdin");
+    }
     obj.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()));
+    job_file_fields.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()));
 
-    let toml = toml::to_string(&obj).map_err(|e| ApiError::internal(format!("cannot write the job file: {e}")))?;
+    let toml =
+        toml::to_string(&job_file_fields).map_err(|e| ApiError::internal(format!("cannot write the job file: {e}")))?;
     // The directory only anchors relative paths, and there are none left.
     let anchor = ctx.state_dir.join("jobs").join("job.toml");
     let spec = JobSpec::parse(&toml, &anchor, &ctx.host).map_err(|e| match e {
@@ -147,6 +164,7 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
             format!("--cache-max-mib={}", ctx.cache_max_mib),
             job_file.to_string_lossy().into_owned(),
         ],
+        stdin,
     })
 }
 
@@ -297,7 +315,8 @@ pub fn vm(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Launc
     }
     let limits =
         Limits { memory_mib, vcpus, cpu_quota: raw.cpu_quota, timeout_s: raw.timeout_s, outputs_max_mib: None };
-    Ok(Launch { record: new_record(id, Kind::Vm, name, Value::Object(obj), limits, None, now), job_toml: None, args })
+    let record = new_record(id, Kind::Vm, name, Value::Object(obj), limits, None, now);
+    Ok(Launch { record, job_toml: None, args, stdin: None })
 }
 
 pub(crate) fn new_record(
@@ -428,6 +447,57 @@ fn valid_mac(mac: &str) -> bool {
 }
 
 impl RequestContext {
+    /// Opens `raw` (relative to the files root, or absolute under it)
+    /// beneath the root's directory, for reading, without following a
+    /// link out of the root (403) and without waiting on a FIFO; it must be
+    /// a regular file, as its open descriptor says.
+    fn open_stdin(&self, raw: &str) -> Result<File, ApiError> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use rustix::io::Errno;
+        const KEY: &str = "run.stdin";
+        if raw.is_empty() {
+            return Err(ApiError::field(KEY, "must not be empty"));
+        }
+        if raw.contains('\0') {
+            return Err(ApiError::field(KEY, "must not contain a NUL byte"));
+        }
+        let outside = || {
+            let error = format!("{KEY}: must be under the files root {} (got {raw})", self.files_root.display());
+            ApiError::new(StatusCode::FORBIDDEN, error, Some(KEY))
+        };
+        let path = Path::new(raw);
+        let beneath =
+            if path.is_absolute() { path.strip_prefix(&self.files_root).map_err(|_| outside())? } else { path };
+        let root_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root = rustix::fs::open(&self.files_root, root_flags, Mode::empty()).map_err(|e| {
+            ApiError::internal(format!("cannot open the files root {}: {e}", self.files_root.display()))
+        })?;
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        // An empty remainder names the root itself, a directory.
+        let beneath = if beneath.as_os_str().is_empty() { Path::new(".") } else { beneath };
+        let fd = match rustix::fs::openat2(&root, beneath, flags, Mode::empty(), resolve) {
+            Ok(fd) => fd,
+            Err(Errno::XDEV) => return Err(outside()),
+            Err(Errno::NOENT) => return Err(ApiError::field(KEY, format!("no such file: {raw}"))),
+            Err(Errno::NOSYS) => {
+                return Err(ApiError::internal("opening run.stdin needs openat2 (Linux 5.6 or later)"));
+            }
+            Err(e) => return Err(ApiError::field(KEY, format!("cannot open {raw}: {e}"))),
+        };
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|e| ApiError::field(KEY, format!("cannot access {raw}: {}", e.kind())))?;
+        if !meta.is_file() {
+            return Err(ApiError::field(KEY, format!("not a regular file: {raw}")));
+        }
+        // Blocking again, as a stdin is expected to be (reads of a regular
+        // file never wait either way).
+        let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| ApiError::internal(format!("run.stdin: {e}")))?;
+        rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)
+            .map_err(|e| ApiError::internal(format!("run.stdin: {e}")))?;
+        Ok(file)
+    }
+
     /// `raw` (relative to the files root, or absolute) as an absolute path,
     /// refused (403) unless it is under the files root once symlinks are
     /// resolved. An existing file keeps the name it was given (it is the

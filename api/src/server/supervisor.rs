@@ -321,7 +321,9 @@ fn start_child(shared: &Shared, launch: Launch) -> Result<Record, ApiError> {
     command
         .arg(format!("--kvm-device={}", shared.config.kvm_device.display()))
         .args(&launch.args)
-        .stdin(Stdio::null())
+        // The job's stdin file, opened by the request beneath the files
+        // root; without one, stdin is empty.
+        .stdin(launch.stdin.map_or_else(Stdio::null, Stdio::from))
         .stdout(stdout)
         .stderr(stderr)
         .env("TMPDIR", &dir)
@@ -753,7 +755,8 @@ exit 99
         };
         let record =
             crate::server::request::new_record(id, Kind::Job, id.into(), Value::Null, limits, outputs_dir, 1.0);
-        Launch { record, job_toml: Some("# job".into()), args: args.iter().map(|a| a.to_string()).collect() }
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Launch { record, job_toml: Some("# job".into()), args, stdin: None }
     }
 
     /// Waits (5 s at most) until `done` holds.

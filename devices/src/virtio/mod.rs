@@ -1,4 +1,4 @@
-//! virtio 1.x devices on the MMIO transport: block and net.
+//! virtio 1.x devices on the MMIO transport: block, net and console.
 //!
 //! A device core ([`VirtioDevice`]) knows nothing of MMIO or KVM: the
 //! transport ([`MmioTransport`]) owns the register state, negotiates
@@ -10,8 +10,8 @@
 //! Requests are processed inline on the vCPU thread that wrote QueueNotify
 //! (block requests, net TX): when that MMIO exit returns, the used ring is
 //! already up to date, so a guest that polls its used rings needs one exit
-//! per batch of requests and no interrupt. Only net RX, whose frames arrive
-//! on their own, has a thread (see [`net`]).
+//! per batch of requests and no interrupt. Only net RX and console input,
+//! whose bytes arrive on their own, have a thread (see [`net`], [`console`]).
 //!
 //! Everything the guest writes is untrusted: guest memory is only touched
 //! through vm-memory's checked accessors, descriptor chains are bounded, and
@@ -127,11 +127,11 @@ pub enum VirtioError {
     QueueSize(u16),
     #[error("device expects {expected} queues, the transport gave {got}")]
     QueueCount { expected: usize, got: usize },
-    #[error("cannot create the eventfd that stops the RX thread")]
+    #[error("cannot create an eventfd that wakes or stops a receive thread")]
     EventFd(#[source] std::io::Error),
     #[error("cannot create the RX thread's epoll set")]
     Epoll(#[source] std::io::Error),
-    #[error("cannot start the RX thread")]
+    #[error("cannot start a receive thread")]
     SpawnThread(#[source] std::io::Error),
 }
 

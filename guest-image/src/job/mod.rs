@@ -9,7 +9,8 @@
 //! mvm-wasi, guest-image/wasi/, which also holds the WASI functions);
 //! virtio-blk 1, the filesystem disk (everything the job sees under `/`,
 //! see vfs/ and fsimage.rs there); virtio-console 0 and 1, the job's
-//! stdout and stderr. When the module returns or calls `proc_exit`, the
+//! stdout and stderr
+//! (and stdin, on console 0's receive queue). When the module returns or calls `proc_exit`, the
 //! guest saves the filesystem (its data, then its metadata, then the
 //! superblock) and powers off with the exit status; when it traps, it does
 //! the same and powers off with reason "trap" and the trap's message (see
@@ -31,9 +32,9 @@ use mvm_wasi::wasi::{Devices, Wasi};
 
 use crate::entropy::Entropy;
 use crate::virtio::blk::Blk;
-use crate::virtio::console::OutputStream;
+use crate::virtio::console;
 use crate::virtio::{self, DEVICE_BLOCK, DEVICE_CONSOLE};
-use wasi::{NoInput, Output, State, Tsc};
+use wasi::{Input, Output, State, Tsc};
 
 /// The filesystem's write-back cache: a fixed budget whatever the job
 /// writes, an eighth of the guest's RAM (the job's memory limit, which the
@@ -55,18 +56,20 @@ pub fn run(cmdline: &[u8], ram_mib: u64) -> ! {
     };
     let mut job_disk = Blk::new(job_disk).unwrap_or_else(|e| panic!("job disk: {e:?}"));
     let fs_disk = Blk::new(fs_disk).unwrap_or_else(|e| panic!("filesystem disk: {e:?}"));
-    let mut consoles = virtio::find(cmdline, DEVICE_CONSOLE).into_iter().map(|mmio| match OutputStream::new(mmio) {
-        Ok(stream) => Output::Console(stream),
-        Err(e) => panic!("job console: {e:?}"),
-    });
-    let stdout = consoles.next().unwrap_or(Output::Com1);
-    let stderr = consoles.next().unwrap_or(Output::Com1);
+    let mut consoles = virtio::find(cmdline, DEVICE_CONSOLE)
+        .into_iter()
+        .map(|mmio| console::open(mmio).unwrap_or_else(|e| panic!("job console: {e:?}")));
+    let (stdout, stdin) = match consoles.next() {
+        Some((output, input)) => (Output::Console(output), Input::Console(input)),
+        None => (Output::Com1, Input::Ended),
+    };
+    let stderr = consoles.next().map_or(Output::Com1, |(output, _)| Output::Console(output));
 
     let job = tar::read_job(&mut job_disk).unwrap_or_else(|e| panic!("cannot read the job disk: {e:?}"));
     // The host built the image: one it cannot have meant is a bug there.
     let fs =
         Fs::load(fs_disk, cache_bytes(ram_mib)).unwrap_or_else(|e| panic!("cannot load the job's filesystem: {e}"));
-    let devices = Devices { stdin: NoInput, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
+    let devices = Devices { stdin, stdout, stderr, clock: Tsc, entropy: Entropy::from_host() };
     let state = Wasi::new(job.args, job.env, fs, &job.preopens, devices).unwrap_or_else(|e| panic!("{e}"));
     let (ending, mut state) = execute(job.module.leak(), state);
     state.flush_outputs();

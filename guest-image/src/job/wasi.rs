@@ -15,7 +15,7 @@ use wasmtime::{Caller, Extern, Linker, Memory, Module};
 
 use crate::entropy::Entropy;
 use crate::virtio::blk::{Blk, BlkError};
-use crate::virtio::console::OutputStream;
+use crate::virtio::console::{InputStream, OutputStream};
 
 const MODULE: &str = "wasi_snapshot_preview1";
 
@@ -23,7 +23,7 @@ pub struct Guest;
 
 impl Platform for Guest {
     type Disk = Blk;
-    type Input = NoInput;
+    type Input = Input;
     type Output = Output;
     type Clock = Tsc;
     type Entropy = Entropy;
@@ -53,12 +53,27 @@ impl mvm_wasi::Output for Output {
     }
 }
 
-/// Stdin when the VM has no stream for it: it has ended before it began.
-pub struct NoInput;
+/// Where stdin comes from: the first virtio console's receive queue, or,
+/// when the VM has none (a job booted by hand), a stream that has ended
+/// before it began.
+pub enum Input {
+    Console(InputStream),
+    Ended,
+}
 
-impl mvm_wasi::Input for NoInput {
-    fn read(&mut self, _buf: &mut [u8]) -> usize {
-        0
+impl mvm_wasi::Input for Input {
+    fn would_wait(&mut self) -> bool {
+        match self {
+            Input::Console(stream) => stream.would_wait(),
+            Input::Ended => false,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> usize {
+        match self {
+            Input::Console(stream) => stream.read(buf),
+            Input::Ended => 0,
+        }
     }
 }
 

@@ -66,6 +66,8 @@ impl core::fmt::Debug for InitError {
     }
 }
 
+/// Copies are handles on the same device (a console's input and output).
+#[derive(Clone)]
 pub struct Mmio {
     base: u64,
 }

@@ -11,6 +11,8 @@ const DESC_F_NEXT: u16 = 1;
 /// Available-ring flag: the driver polls this queue and wants no notice of used buffers.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
+/// Used-ring flag: the device needs no notification of new available buffers.
+const USED_F_NO_NOTIFY: u16 = 1;
 const PAGE: usize = 4096;
 
 #[repr(C)]
@@ -82,6 +84,33 @@ impl Virtqueue {
         // SAFETY: the flags field starts the available ring, which we own.
         unsafe { write_volatile(self.avail_addr() as *mut u16, AVAIL_F_NO_INTERRUPT) };
         self
+    }
+
+    /// Turns the device's used-buffer signals on (before the driver halts
+    /// to wait for it) or off (while it polls). Turning them on is ordered
+    /// before the caller's next look at the used ring, so a buffer used
+    /// meanwhile is either seen or signalled.
+    pub fn set_interrupts(&mut self, on: bool) {
+        let flags = if on { 0 } else { AVAIL_F_NO_INTERRUPT };
+        // SAFETY: the flags field starts the available ring, which we own.
+        unsafe { write_volatile(self.avail_addr() as *mut u16, flags) };
+        fence(Ordering::SeqCst);
+    }
+
+    /// Whether the device wants a notify for buffers just made available
+    /// (it clears NO_NOTIFY when it runs out of them). Read after `add`,
+    /// whose fence orders the published index before this read.
+    pub fn device_wants_notify(&self) -> bool {
+        // SAFETY: the flags field starts the used ring, which we own.
+        let flags = unsafe { read_volatile(self.used_addr() as *const u16) };
+        flags & USED_F_NO_NOTIFY == 0
+    }
+
+    /// Whether the device has used a chain not yet popped.
+    pub fn has_used(&self) -> bool {
+        // SAFETY: the used ring is ours, the device writes it.
+        let device_idx = unsafe { read_volatile((self.used_addr() + 2) as *const u16) };
+        device_idx != self.last_used
     }
 
     pub fn desc_addr(&self) -> u64 {

@@ -48,6 +48,10 @@ pub trait Input {
     /// how many; waits while none are available yet. 0 means the stream has
     /// ended (or `buf` is empty).
     fn read(&mut self, buf: &mut [u8]) -> usize;
+
+    /// Whether `read` would wait now: no bytes delivered and the stream not
+    /// ended. Asking may start the stream (ask the host for its first bytes).
+    fn would_wait(&mut self) -> bool;
 }
 
 /// Time, in nanoseconds.

@@ -71,6 +71,8 @@ impl BlockDevice for MemDisk {
 pub struct Script {
     pub data: Vec<u8>,
     pub chunk: usize,
+    /// How many more times `would_wait` says the bytes have not come yet.
+    pub waits: usize,
 }
 
 impl Input for Script {
@@ -79,6 +81,11 @@ impl Input for Script {
         buf[..n].copy_from_slice(&self.data[..n]);
         self.data.drain(..n);
         n
+    }
+
+    fn would_wait(&mut self) -> bool {
+        self.waits = self.waits.saturating_sub(1);
+        self.waits > 0
     }
 }
 

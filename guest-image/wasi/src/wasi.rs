@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use crate::errno;
 pub use crate::errno::Errno;
 use crate::vfs::{FileType, Fs};
-use crate::{Clock, Entropy, Output, Platform};
+use crate::{Clock, Entropy, Input, Output, Platform};
 pub use fd::*;
 pub use path::*;
 
@@ -397,10 +397,10 @@ const EVENTTYPE_CLOCK: u8 = 0;
 const EVENTTYPE_FD_READ: u8 = 1;
 const EVENTTYPE_FD_WRITE: u8 = 2;
 
-/// Waits for the earliest clock subscription when there is nothing else to
-/// wait for. fd subscriptions are ready at once: files always are (POSIX),
-/// output never blocks, and stdin is reported ready because its device
-/// cannot be asked whether bytes are waiting (a read then waits for them).
+/// Waits for the earliest clock subscription or for stdin's bytes when
+/// nothing else is ready. Other fd subscriptions are ready at once: files
+/// always are (POSIX), output never blocks; stdin is ready once bytes have
+/// come or its stream has ended.
 /// An fd that is not open, or not a file or stream, is an event with EBADF
 /// (`event.error`), as the spec puts per-subscription errors.
 pub fn poll_oneoff<P: Platform>(
@@ -441,11 +441,38 @@ pub fn poll_oneoff<P: Platform>(
         let fd = u32::from_le_bytes(s[16..20].try_into().unwrap());
         subscriptions.push((userdata, tag, deadline, fd));
     }
-    let io = subscriptions.iter().any(|(_, tag, _, _)| *tag != EVENTTYPE_CLOCK);
-    if !io {
-        let earliest = subscriptions.iter().filter_map(|s| s.2).min().unwrap_or(now);
+    let is_stdin = |wasi: &mut Wasi<P>, fd: u32| matches!(wasi.fd(fd as i32).map(|f| &f.kind), Ok(Kind::Stdin));
+    let mut stdin_read = false;
+    let mut ready_io = false;
+    for &(_, tag, _, fd) in &subscriptions {
+        match tag {
+            EVENTTYPE_CLOCK => {}
+            EVENTTYPE_FD_READ if is_stdin(wasi, fd) => stdin_read = true,
+            _ => ready_io = true,
+        }
+    }
+    let earliest = subscriptions.iter().filter_map(|s| s.2).min();
+    // Wait for the earliest deadline, or for stdin's first bytes: the
+    // device cannot wake this wait, so it looks again in growing steps
+    // (50 µs to 10 ms: a prompt's answer shows at once, an idle wait
+    // costs little).
+    let mut step = 50_000u64;
+    while !ready_io {
+        if stdin_read && !wasi.devices.stdin.would_wait() {
+            break;
+        }
+        let now = wasi.devices.clock.monotonic_ns();
         wasi.flush_outputs();
-        wasi.devices.clock.sleep_until(earliest);
+        if !stdin_read {
+            wasi.devices.clock.sleep_until(earliest.unwrap_or(now));
+            break;
+        }
+        if earliest.is_some_and(|deadline| deadline <= now) {
+            break;
+        }
+        let until = now.saturating_add(step);
+        wasi.devices.clock.sleep_until(earliest.map_or(until, |deadline| deadline.min(until)));
+        step = (step * 2).min(10_000_000);
     }
     let now = wasi.devices.clock.monotonic_ns();
     let mut written = 0u32;
@@ -454,6 +481,7 @@ pub fn poll_oneoff<P: Platform>(
         match tag {
             EVENTTYPE_CLOCK if deadline.is_some_and(|d| d > now) => continue,
             EVENTTYPE_CLOCK => {}
+            EVENTTYPE_FD_READ if is_stdin(wasi, fd) && wasi.devices.stdin.would_wait() => continue,
             _ => match wasi.fd(fd as i32).map(|f| (f.base, &f.kind)) {
                 Ok((_, Kind::Dir { .. })) => error = errno::BADF,
                 Ok((base, _)) if base & rights::POLL_FD_READWRITE == 0 => error = errno::NOTCAPABLE,

@@ -67,6 +67,7 @@ fn minimal_job_gets_every_default() {
             wasm: dir.root.join("wc.wasm"),
             args: vec![],
             env: vec![],
+            stdin: None,
             inputs: vec![],
             outputs: dir.root.join("out/"),
             outputs_max_bytes: 64 << 20,
@@ -92,6 +93,7 @@ timeout_s = 2.5
 wasm = "wc.wasm"
 args = ["/in/words.txt", "-l"]
 env = { ZED = "z", LANG = "C", "WITH SPACE" = "" }
+stdin = "data/words.txt"
 [files]
 inputs = ["data/words.txt"]
 outputs = "results"
@@ -111,6 +113,7 @@ gateway = "10.0.0.1"
     assert_eq!(spec.argv(), ["wc.wasm", "/in/words.txt", "-l"]);
     let env: Vec<(&str, &str)> = spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(env, [("LANG", "C"), ("WITH SPACE", ""), ("ZED", "z")], "sorted by key");
+    assert_eq!(spec.stdin, Some(dir.root.join("data/words.txt")));
     assert_eq!(spec.inputs, [dir.root.join("data/words.txt")]);
     assert_eq!(spec.outputs, dir.root.join("results"));
     assert_eq!(spec.outputs_max_bytes, 1 << 20);
@@ -294,6 +297,10 @@ fn invalid_run_values_name_their_key_and_line() {
              only code it compiled itself; give the module the .cwasm was compiled from",
         ),
         ("[run]\nargs = []", "job.toml:1: run.wasm: is required"),
+        ("[run]\nwasm = \"wc.wasm\"\nstdin = \"nope.txt\"", "job.toml:3: run.stdin: no such file: $DIR/nope.txt"),
+        ("[run]\nwasm = \"wc.wasm\"\nstdin = \"data\"", "job.toml:3: run.stdin: not a regular file: $DIR/data"),
+        ("[run]\nwasm = \"wc.wasm\"\nstdin = \"\"", "job.toml:3: run.stdin: must not be empty"),
+        ("[run]\nwasm = \"wc.wasm\"\nstdin = 3", "job.toml:3: run.stdin: must be a string (got integer `3`)"),
         ("name = \"x\"", "job.toml: run.wasm: is required"),
         (
             "[run]\nwasm = \"wc.wasm\"\nargs = [\"ok\", \"a\\u0000b\"]",

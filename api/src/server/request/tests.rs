@@ -332,3 +332,48 @@ fn macs_are_six_hex_bytes_and_unicast() {
         assert!(!valid_mac(bad), "{bad}");
     }
 }
+
+#[test]
+fn a_jobs_stdin_file_is_opened_beneath_the_root_and_kept_out_of_the_job_file() {
+    use std::io::Read;
+    let f = fixture();
+    let root = &f.ctx.files_root;
+    for named in [json!("data/in.txt"), json!(root.join("data/in.txt"))] {
+        let launch = job(&f, json!({ "run": { "wasm": "m.wat", "stdin": named } })).unwrap();
+        let mut content = String::new();
+        launch.stdin.expect("an open stdin").read_to_string(&mut content).unwrap();
+        assert_eq!(content, "x");
+        assert_eq!(launch.record.spec["run"]["stdin"], named, "the record keeps it as asked");
+        let toml = launch.job_toml.unwrap();
+        assert!(!toml.contains("stdin"), "the child gets the file, not its name: {toml}");
+    }
+    let launch = job(&f, json!({ "run": { "wasm": "m.wat" } })).unwrap();
+    assert!(launch.stdin.is_none(), "no stdin field: empty stdin");
+}
+
+#[test]
+fn a_stdin_file_outside_the_root_missing_or_not_a_file_is_refused() {
+    let f = fixture();
+    let root = &f.ctx.files_root;
+    std::os::unix::fs::symlink(&f.outside, root.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("../../secret.txt", root.join("data/rel.txt")).unwrap();
+    let fifo = root.join("fifo");
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+    let cases = [
+        (json!(f.outside), StatusCode::FORBIDDEN, "must be under the files root"),
+        (json!("link.txt"), StatusCode::FORBIDDEN, "must be under the files root"),
+        (json!("data/rel.txt"), StatusCode::FORBIDDEN, "must be under the files root"),
+        (json!("../secret.txt"), StatusCode::FORBIDDEN, "must be under the files root"),
+        (json!("nope.txt"), StatusCode::BAD_REQUEST, "no such file: nope.txt"),
+        (json!("data"), StatusCode::BAD_REQUEST, "not a regular file: data"),
+        (json!(root), StatusCode::BAD_REQUEST, "not a regular file"),
+        (json!("fifo"), StatusCode::BAD_REQUEST, "not a regular file: fifo"),
+        (json!(""), StatusCode::BAD_REQUEST, "must not be empty"),
+        (json!(3), StatusCode::BAD_REQUEST, "run.stdin"),
+    ];
+    for (stdin, status, message) in cases {
+        let e = refused(job(&f, json!({ "run": { "wasm": "m.wat", "stdin": stdin } })));
+        assert_eq!((e.status, e.field.as_deref()), (status, Some("run.stdin")), "{stdin}: {}", e.error);
+        assert!(e.error.contains(message), "{stdin}: {}", e.error);
+    }
+}

@@ -1,17 +1,36 @@
-//! virtio-console (virtio spec 5.3) as a one-way output stream: whatever the
-//! driver puts in the transmit queue is written, in order, to a host
-//! [`Write`]r. A job's stdout and stderr each get one device.
+//! virtio-console (virtio spec 5.3): a byte stream each way. Whatever the
+//! driver puts in the transmitq is written, in order, to a host [`Write`]r;
+//! the receiveq carries the bytes of a host source (a job's stdin) into the
+//! driver's buffers. A job's stdout and stderr each get one device; stdin
+//! travels on the receiveq of the first (stdout's), as a terminal's input
+//! goes with its output, so it costs no device of its own.
 //!
 //! Offered features: VERSION_1 only (no SIZE, no MULTIPORT, so the
 //! configuration space is empty and reads as zeros). Queue 0 is the
-//! receiveq, queue 1 the transmitq, 256 entries each. The receiveq is there
-//! because the spec and Linux's hvc driver expect it, but the device never
-//! puts anything in it: its buffers stay with the device until a reset and
-//! its notifications are ignored.
+//! receiveq, queue 1 the transmitq, 256 entries each.
+//!
+//! # Input and its end
+//!
+//! A console made with [`VirtioConsole::with_input`] reads its source on a
+//! thread of its own (see [`rx`](self::rx)), straight into the driver's
+//! receive buffers: mvm holds no copy of the stream, so a stream far larger
+//! than the guest's RAM passes with mvm's memory flat. The source is read
+//! only while the driver has a buffer posted, and each read takes at most
+//! that buffer's size: the guest's consumption paces the producer.
+//!
+//! **End of stream is a used receive buffer of length 0.** The spec has no
+//! end of input on a plain console (MULTIPORT's PORT_OPEN control message
+//! would need a control queue pair and the port protocol for one bit), and
+//! a device never returns an empty receive buffer otherwise, so mvm's
+//! devices and its guest agree on this: once the source has ended, every
+//! receive buffer comes back at once with length 0. A Linux guest's hvc
+//! driver takes such a buffer as no input, as a terminal that stays quiet.
+//! A console without a source is a stream that has already ended: its
+//! receive buffers come back empty at once, inline on the notifying vCPU.
 //!
 //! # Threads and output
 //!
-//! No thread of its own: the transmitq is processed inline in
+//! The transmitq is processed inline in
 //! [`VirtioDevice::queue_notify`] on the vCPU thread that wrote QueueNotify 1,
 //! under the transport's bus mutex. Bytes are copied out of guest memory
 //! through one fixed buffer ([`OUTPUT_BUFFER_LEN`], allocated once), which
@@ -30,21 +49,29 @@
 //!
 //! # What a guest can get wrong
 //!
-//! A chain with a device-writable buffer, a buffer outside guest memory or
-//! more than [`MAX_CHAIN_BYTES`] bytes is dropped (none of its bytes are
-//! written) and still returned, with length 0 like every transmit chain. A
-//! broken queue (a looping chain, a chain longer than the queue, a next index
-//! past the table, an available index running ahead of the ring) stops the
-//! transmitq and sets DEVICE_NEEDS_RESET, as block and net do. Guest errors
-//! are logged under the [`GUEST_ERROR_LOG_LIMIT`](super::GUEST_ERROR_LOG_LIMIT)
-//! policy.
+//! A transmit chain with a device-writable buffer, a buffer outside guest
+//! memory or more than [`MAX_CHAIN_BYTES`] bytes is dropped (none of its
+//! bytes are written) and still returned, with length 0 like every transmit
+//! chain. A receive chain with a device-readable buffer, no room at all or a
+//! buffer outside guest memory stops the receiveq with DEVICE_NEEDS_RESET
+//! before anything is read from the source for it: returning it empty would
+//! read as the end of the stream. A broken queue (a looping chain, a chain
+//! longer than the queue, a next index past the table, an available index
+//! running ahead of the ring) stops that queue and sets DEVICE_NEEDS_RESET,
+//! as block and net do. Guest errors are logged under the
+//! [`GUEST_ERROR_LOG_LIMIT`](super::GUEST_ERROR_LOG_LIMIT) policy.
 
+mod rx;
+
+use std::fs::File;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::{self, Chain};
 use super::{GuestErrorLog, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
@@ -78,8 +105,15 @@ pub struct ConsoleMetrics {
     pub lost_bytes: AtomicU64,
     /// Failed writes and flushes of the writer.
     pub errors: AtomicU64,
-    /// Times the transmitq was stopped as broken (DEVICE_NEEDS_RESET).
+    /// Times a queue was stopped as broken (DEVICE_NEEDS_RESET).
     pub broken_queue: AtomicU64,
+    /// Bytes read from the input source into receive buffers.
+    pub bytes_in: AtomicU64,
+    /// Receive chains returned to the driver, the empty ones that say the
+    /// stream ended included.
+    pub receive_chains: AtomicU64,
+    /// Failed reads of the input source (each ends the stream).
+    pub input_errors: AtomicU64,
 }
 
 /// Why a transmit chain was dropped.
@@ -98,6 +132,23 @@ struct Active {
     transmitq: Queue,
     broken: bool,
     interrupt: Arc<Interrupt>,
+    receive: Receive,
+}
+
+/// Who serves the receiveq while the device is active.
+enum Receive {
+    /// No source: the stream has ended; chains come back empty, inline.
+    Ended { receiveq: Queue, broken: bool },
+    /// The source's thread, which owns the receiveq.
+    Thread { refill: EventFd, stop: EventFd, thread: Option<JoinHandle<()>> },
+}
+
+/// Where a console's input comes from, shared by the device and its
+/// receive thread (and kept across resets: a stream is read once).
+struct Input {
+    source: Arc<File>,
+    /// The source ended (or failed): no more reads.
+    ended: Arc<AtomicBool>,
 }
 
 /// The host side of the stream: the writer and the buffer in front of it.
@@ -117,8 +168,9 @@ struct Output {
 
 pub struct VirtioConsole {
     output: Output,
+    input: Option<Input>,
     metrics: Arc<ConsoleMetrics>,
-    log: GuestErrorLog,
+    log: Arc<GuestErrorLog>,
     active: Option<Active>,
     chain: Chain,
 }
@@ -137,11 +189,24 @@ impl VirtioConsole {
                 failing: false,
                 failures: 0,
             },
+            input: None,
             metrics: Arc::new(ConsoleMetrics::default()),
-            log: GuestErrorLog::default(),
+            log: Arc::new(GuestErrorLog::default()),
             active: None,
             chain: Chain::default(),
         }
+    }
+
+    /// A console that also carries `source`'s bytes to the driver, on its
+    /// receiveq, until the source ends (a read returns 0 or fails). Any
+    /// readable descriptor will do: a pipe, a terminal, a regular file, a
+    /// socket; a blocking one is read only when `poll` says it is ready, so
+    /// the receive thread never hangs in `read` and a reset or drop can
+    /// always stop it.
+    pub fn with_input(out: Box<dyn Write + Send>, source: File) -> VirtioConsole {
+        let mut console = VirtioConsole::new(out);
+        console.input = Some(Input { source: Arc::new(source), ended: Arc::new(AtomicBool::new(false)) });
+        console
     }
 
     pub fn metrics(&self) -> Arc<ConsoleMetrics> {
@@ -153,7 +218,7 @@ impl VirtioConsole {
         if active.broken {
             return;
         }
-        let (output, metrics, log) = (&mut self.output, &*self.metrics, &self.log);
+        let (output, metrics, log) = (&mut self.output, &*self.metrics, &*self.log);
         let mem = &active.mem;
         let result = chain::drain(&mut active.transmitq, mem, &mut self.chain, |chain| {
             metrics.chains.fetch_add(1, Ordering::Relaxed);
@@ -169,6 +234,47 @@ impl VirtioConsole {
         output.finish_batch(metrics);
         active.broken =
             chain::settle(result, &active.interrupt, &metrics.broken_queue, log, "virtio-console: transmitq");
+    }
+
+    /// QueueNotify 0: the driver posted receive buffers.
+    fn receive(&mut self) {
+        let Some(active) = self.active.as_mut() else { return };
+        match &mut active.receive {
+            Receive::Thread { refill, .. } => {
+                // Fails only when the counter is saturated: a wake is pending anyway.
+                let _ = refill.write(1);
+            }
+            Receive::Ended { receiveq, broken } => {
+                if *broken {
+                    return;
+                }
+                let (metrics, log, mem) = (&*self.metrics, &*self.log, &active.mem);
+                let result = chain::drain(receiveq, mem, &mut self.chain, |_| {
+                    // Whatever the chain: nothing is written, so nothing can go wrong.
+                    metrics.receive_chains.fetch_add(1, Ordering::Relaxed);
+                    0
+                });
+                *broken =
+                    chain::settle(result, &active.interrupt, &metrics.broken_queue, log, "virtio-console: receiveq");
+            }
+        }
+    }
+
+    /// Stops and joins the receive thread, if any, and forgets the queues.
+    fn deactivate(&mut self) {
+        let Some(active) = self.active.take() else { return };
+        if let Receive::Thread { stop, mut thread, .. } = active.receive {
+            if let Err(err) = stop.write(1) {
+                // Cannot happen with a fresh eventfd; without it the join would hang.
+                tracing::error!("virtio-console: cannot stop the receive thread: {err}; leaving it running");
+                return;
+            }
+            if let Some(thread) = thread.take() {
+                if thread.join().is_err() {
+                    tracing::error!("virtio-console: the receive thread panicked");
+                }
+            }
+        }
     }
 }
 
@@ -291,23 +397,55 @@ impl VirtioDevice for VirtioConsole {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), VirtioError> {
+        self.deactivate();
         let got = queues.len();
-        // The receiveq is never used: its buffers are not touched.
-        let Ok([_receiveq, transmitq]) = <[Queue; 2]>::try_from(queues) else {
+        let Ok([receiveq, transmitq]) = <[Queue; 2]>::try_from(queues) else {
             return Err(VirtioError::QueueCount { expected: 2, got });
         };
-        self.active = Some(Active { mem, transmitq, broken: false, interrupt });
+        let receive = match &self.input {
+            None => Receive::Ended { receiveq, broken: false },
+            Some(input) => {
+                let refill = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+                let stop = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+                let worker = rx::RxWorker {
+                    mem: mem.clone(),
+                    queue: receiveq,
+                    source: input.source.clone(),
+                    ended: input.ended.clone(),
+                    interrupt: interrupt.clone(),
+                    refill: refill.try_clone().map_err(VirtioError::EventFd)?,
+                    stop: stop.try_clone().map_err(VirtioError::EventFd)?,
+                    metrics: self.metrics.clone(),
+                    log: self.log.clone(),
+                    chain: Chain::default(),
+                };
+                let thread = std::thread::Builder::new()
+                    .name("mvm-console-rx".into())
+                    .spawn(move || worker.run())
+                    .map_err(VirtioError::SpawnThread)?;
+                Receive::Thread { refill, stop, thread: Some(thread) }
+            }
+        };
+        self.active = Some(Active { mem, transmitq, broken: false, interrupt, receive });
         Ok(())
     }
 
     fn queue_notify(&mut self, index: u16) {
-        if index == TRANSMIT_QUEUE {
-            self.transmit();
+        match index {
+            RECEIVE_QUEUE => self.receive(),
+            TRANSMIT_QUEUE => self.transmit(),
+            _ => {}
         }
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        self.deactivate();
+    }
+}
+
+impl Drop for VirtioConsole {
+    fn drop(&mut self) {
+        self.deactivate();
     }
 }
 

@@ -1,10 +1,16 @@
+use std::io::Seek;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT};
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
 use vm_memory::GuestAddress;
 
 use super::*;
-use crate::virtio::test_utils::{interrupt, memory, CountingInterrupt, Driver, MEM_SIZE};
+use crate::virtio::test_utils::{interrupt, memory, Buf, CountingInterrupt, Driver, MEM_SIZE};
 use crate::virtio::INT_USED_BUFFER;
 
 const RX_RING: u64 = 0x0;
@@ -481,25 +487,316 @@ fn reset_stops_processing() {
 }
 
 #[test]
-fn receiveq_buffers_are_never_used() {
+fn without_a_source_receive_buffers_come_back_empty_at_once() {
     let mut b = bench();
     let mem = b.mem.clone();
     let mut rx = Driver::new(&mem, RX_RING, 16);
     let mut tx = Driver::new(&mem, TX_RING, 16);
     b.put(BUFS, &[0xee; 64]);
     rx.add(&[(BUFS, 64, true)]);
-    rx.add(&[(BUFS + 0x100, 64, true)]);
+    // Even a chain that could take nothing: nothing is written to any.
+    rx.add(&[(BUFS + 0x100, 64, false)]);
     b.dev.queue_notify(RECEIVE_QUEUE);
+    assert_eq!(rx.used_all(), vec![(0, 0), (1, 0)], "the stream has ended");
+    assert_eq!(b.vmm.count(), 1);
+    let mut buf = [0u8; 64];
+    b.mem.read_slice(&mut buf, GuestAddress(BUFS)).unwrap();
+    assert_eq!(buf, [0xee; 64], "the buffer is not touched");
     b.put(BUFS + 0x200, b"out");
     tx.add(&[(BUFS + 0x200, 3, false)]);
     b.dev.queue_notify(TRANSMIT_QUEUE);
-    b.dev.queue_notify(RECEIVE_QUEUE);
-    assert_eq!(rx.used_idx(), 0);
-    assert_eq!(rx.used_flags(), 0);
-    let mut buf = [0u8; 64];
-    b.mem.read_slice(&mut buf, GuestAddress(BUFS)).unwrap();
-    assert_eq!(buf, [0xee; 64]);
-    assert_eq!(tx.used_idx(), 1);
     assert_eq!(b.sink.data(), b"out");
-    assert_eq!(b.vmm.count(), 1);
+    assert_eq!(b.metric(|m| &m.receive_chains), 2);
+    assert!(!b.irq.needs_reset());
+}
+
+/// A console reading `source`, active on 16-entry queues.
+fn input_bench(source: File) -> Bench {
+    let sink = Sink::default();
+    let mut dev = VirtioConsole::with_input(Box::new(sink.clone()), source);
+    let mem = memory();
+    let (vmm, irq) = interrupt();
+    let rx = Driver::new(&mem, RX_RING, 16).queue();
+    let tx = Driver::new(&mem, TX_RING, 16).queue();
+    dev.activate(mem.clone(), dev.features(), vec![rx, tx], irq.clone()).unwrap();
+    Bench { mem, dev, sink, vmm, irq }
+}
+
+/// A connected pair: what the test writes to the first, the device reads
+/// from the second (as from a pipe).
+fn stream() -> (UnixStream, File) {
+    let (writer, reader) = UnixStream::pair().unwrap();
+    (writer, File::from(OwnedFd::from(reader)))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl Bench {
+    fn get(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        self.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf
+    }
+}
+
+#[test]
+fn input_fills_posted_buffers_in_order_and_ends_with_an_empty_one() {
+    let (mut writer, reader) = stream();
+    let mut b = input_bench(reader);
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    writer.write_all(b"hello, ").unwrap();
+    rx.add(&[(BUFS, 0x100, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the first chain", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (0, 7));
+    assert_eq!(b.get(BUFS, 7), b"hello, ");
+    assert_eq!(b.vmm.count(), 1, "the driver asked for notifications");
+    assert_eq!(b.irq.status(), INT_USED_BUFFER);
+    // Two chains posted before the bytes come: the first takes them.
+    rx.add(&[(BUFS + 0x100, 0x100, true)]);
+    rx.add(&[(BUFS + 0x200, 0x100, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rx.used_idx(), 1, "nothing to read yet: the chain is held");
+    writer.write_all(b"world").unwrap();
+    wait_for("the second chain", || rx.used_idx() == 2);
+    assert_eq!(rx.used_elem(1), (1, 5));
+    assert_eq!(b.get(BUFS + 0x100, 5), b"world");
+    drop(writer);
+    wait_for("the end of the stream", || rx.used_idx() == 3);
+    assert_eq!(rx.used_elem(2), (2, 0), "length 0: the end");
+    // Later chains come back empty at once.
+    rx.add(&[(BUFS, 0x100, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("a chain after the end", || rx.used_idx() == 4);
+    assert_eq!(rx.used_elem(3), (3, 0));
+    assert_eq!(b.metric(|m| &m.bytes_in), 12);
+    assert_eq!(b.metric(|m| &m.receive_chains), 4);
+    assert!(!b.irq.needs_reset());
+}
+
+#[test]
+fn the_source_is_read_no_further_than_the_buffers_posted() {
+    let (mut writer, reader) = stream();
+    let data = pattern(200_000, 3);
+    let mut b = input_bench(reader);
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let producer = {
+        let data = data.clone();
+        std::thread::spawn(move || writer.write_all(&data).is_ok())
+    };
+    rx.add(&[(BUFS, 0x1000, true)]);
+    rx.add(&[(BUFS + 0x1000, 0x1000, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("both chains", || rx.used_idx() == 2);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rx.used_idx(), 2);
+    assert_eq!(b.metric(|m| &m.bytes_in), 0x2000, "two buffers' worth, whatever waits in the source");
+    assert_eq!(rx.used_all(), vec![(0, 0x1000), (1, 0x1000)]);
+    assert_eq!(rx.used_flags(), 0, "out of buffers: the driver must notify");
+    // The rest, through one buffer reused over and over, as a guest would.
+    let mut got = b.get(BUFS, 0x2000);
+    let mut used = 2;
+    while got.len() < data.len() {
+        rx.add(&[(BUFS + 0x4000, 0x8000, true)]);
+        b.dev.queue_notify(RECEIVE_QUEUE);
+        wait_for("a refill", || rx.used_idx() == used + 1);
+        let (_, len) = rx.used_elem(used);
+        assert!(len > 0 && len <= 0x8000);
+        got.extend(b.get(BUFS + 0x4000, len as usize));
+        used += 1;
+    }
+    assert_eq!(got, data);
+    assert!(producer.join().unwrap());
+}
+
+#[test]
+fn a_regular_file_fills_every_buffer_of_a_chain_and_then_ends() {
+    let mut file = tempfile::tempfile().unwrap();
+    let data = pattern(10_000, 7);
+    file.write_all(&data).unwrap();
+    file.seek(std::io::SeekFrom::Start(0)).unwrap();
+    let mut b = input_bench(file);
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS + 0x3000, 3000, true), (BUFS, 5000, true)]);
+    rx.add(&[(BUFS + 0x5000, 4096, true)]);
+    rx.add(&[(BUFS + 0x7000, 4096, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("three chains", || rx.used_idx() == 3);
+    assert_eq!(rx.used_all(), vec![(0, 8000), (2, 2000), (3, 0)]);
+    let got = [b.get(BUFS + 0x3000, 3000), b.get(BUFS, 5000), b.get(BUFS + 0x5000, 2000)].concat();
+    assert_eq!(got, data);
+}
+
+#[test]
+fn receive_chains_that_cannot_take_input_need_a_reset_and_read_nothing() {
+    let bad: [&[Buf]; 4] = [
+        &[(BUFS, 16, false), (BUFS + 0x100, 16, true)],
+        &[(BUFS, 0, true)],
+        &[(MEM_SIZE - 8, 16, true)],
+        &[(BUFS, 16, true), (0xdead_0000_0000, 16, true)],
+    ];
+    for chain in bad {
+        let (mut writer, reader) = stream();
+        writer.write_all(b"kept").unwrap();
+        let mut b = input_bench(reader);
+        let mem = b.mem.clone();
+        let mut rx = Driver::new(&mem, RX_RING, 16);
+        rx.add(chain);
+        b.dev.queue_notify(RECEIVE_QUEUE);
+        wait_for("the reset request", || b.irq.needs_reset());
+        assert_eq!(rx.used_idx(), 0, "{chain:?}: not returned, so not taken for the end");
+        assert_eq!(b.metric(|m| &m.broken_queue), 1);
+        assert_eq!(b.metric(|m| &m.bytes_in), 0);
+        // After a reset, a good chain gets the bytes: none were lost.
+        b.dev.reset();
+        let mut rx = Driver::new(&mem, RX_RING, 16);
+        let tx = Driver::new(&mem, TX_RING, 16);
+        b.dev.activate(mem.clone(), VIRTIO_F_VERSION_1, vec![rx.queue(), tx.queue()], b.irq.clone()).unwrap();
+        rx.add(&[(BUFS + 0x1000, 16, true)]);
+        b.dev.queue_notify(RECEIVE_QUEUE);
+        wait_for("the good chain", || rx.used_idx() == 1);
+        assert_eq!(rx.used_elem(0), (0, 4));
+        assert_eq!(b.get(BUFS + 0x1000, 4), b"kept");
+    }
+}
+
+#[test]
+fn a_looping_receive_chain_needs_reset() {
+    let (_writer, reader) = stream();
+    let mut b = input_bench(reader);
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let flags = (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16;
+    rx.write_desc(0, BUFS, 5, flags, 1);
+    rx.write_desc(1, BUFS, 5, flags, 0);
+    rx.publish(0);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the reset request", || b.irq.needs_reset());
+    assert_eq!(rx.used_idx(), 0);
+}
+
+#[test]
+fn a_source_that_never_speaks_does_not_hold_up_reset_or_drop() {
+    let (writer, reader) = stream();
+    let mut b = input_bench(reader);
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.add(&[(BUFS, 64, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    std::thread::sleep(Duration::from_millis(20));
+    let started = Instant::now();
+    b.dev.reset();
+    let tx = Driver::new(&mem, TX_RING, 16);
+    b.dev
+        .activate(
+            mem.clone(),
+            VIRTIO_F_VERSION_1,
+            vec![Driver::new(&mem, RX_RING, 16).queue(), tx.queue()],
+            b.irq.clone(),
+        )
+        .unwrap();
+    drop(b);
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    drop(writer);
+}
+
+#[test]
+fn a_polling_driver_is_not_woken_and_reposts_cost_no_notification() {
+    let (mut writer, reader) = stream();
+    let mut b = input_bench(reader);
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    rx.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT as u16);
+    rx.add(&[(BUFS, 4, true)]);
+    rx.add(&[(BUFS + 0x100, 4, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    writer.write_all(b"abcd").unwrap();
+    wait_for("the first chain", || rx.used_idx() == 1);
+    assert_eq!(rx.used_flags(), VRING_USED_F_NO_NOTIFY as u16, "a chain is held: reposts need no notify");
+    writer.write_all(b"efgh").unwrap();
+    wait_for("the second chain", || rx.used_idx() == 2);
+    assert_eq!(b.vmm.count(), 0, "a polling driver is not woken");
+    wait_for("notifications back on", || rx.used_flags() == 0);
+}
+
+#[test]
+fn the_stream_goes_on_across_a_reset() {
+    let (mut writer, reader) = stream();
+    let mut b = input_bench(reader);
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    writer.write_all(b"one").unwrap();
+    rx.add(&[(BUFS, 3, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the first chain", || rx.used_idx() == 1);
+    b.dev.reset();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    let tx = Driver::new(&mem, TX_RING, 16);
+    b.dev.activate(mem.clone(), VIRTIO_F_VERSION_1, vec![rx.queue(), tx.queue()], b.irq.clone()).unwrap();
+    writer.write_all(b"two").unwrap();
+    drop(writer);
+    rx.add(&[(BUFS, 16, true)]);
+    rx.add(&[(BUFS + 0x100, 16, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("both chains", || rx.used_idx() == 2);
+    assert_eq!(rx.used_all(), vec![(0, 3), (1, 0)]);
+    assert_eq!(b.get(BUFS, 3), b"two");
+}
+
+#[test]
+fn an_end_met_after_some_bytes_is_kept_for_the_next_chain() {
+    let named = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(named.path(), pattern(3000, 1)).unwrap();
+    let mut b = input_bench(File::open(named.path()).unwrap());
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    // The first buffer takes the whole file; the read into the second finds the end.
+    rx.add(&[(BUFS, 3000, true), (BUFS + 0x1000, 5000, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the data", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (0, 3000));
+    assert_eq!(b.get(BUFS, 3000), pattern(3000, 1));
+    // An end is not read twice (a terminal's end of file is one read of 0,
+    // and what comes after it is not this stream): bytes the file gains
+    // now are not read.
+    std::fs::OpenOptions::new().append(true).open(named.path()).unwrap().write_all(b"more").unwrap();
+    rx.add(&[(BUFS + 0x3000, 16, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the end", || rx.used_idx() == 2);
+    assert_eq!(rx.used_elem(1), (2, 0));
+    assert_eq!(b.metric(|m| &m.bytes_in), 3000);
+}
+
+#[test]
+fn a_chain_is_returned_with_what_has_come_without_waiting_to_fill_it() {
+    let (writer, reader) = stream();
+    let mut b = input_bench(reader);
+    // Dropped before the device, even when the test fails: a read stuck
+    // waiting for more then ends, and so does the device's drop.
+    let mut writer = writer;
+    let mem = b.mem.clone();
+    let mut rx = Driver::new(&mem, RX_RING, 16);
+    // Exactly the first buffer's worth: reading on into the second would wait.
+    writer.write_all(&[7; 16]).unwrap();
+    rx.add(&[(BUFS, 16, true), (BUFS + 0x100, 16, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the chain", || rx.used_idx() == 1);
+    assert_eq!(rx.used_elem(0), (0, 16));
+    // Less than the first buffer: returned at once too.
+    writer.write_all(&[8; 10]).unwrap();
+    rx.add(&[(BUFS + 0x200, 16, true), (BUFS + 0x300, 16, true)]);
+    b.dev.queue_notify(RECEIVE_QUEUE);
+    wait_for("the second chain", || rx.used_idx() == 2);
+    assert_eq!(rx.used_elem(1), (2, 10));
+    drop(writer);
 }

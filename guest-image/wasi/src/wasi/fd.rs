@@ -111,6 +111,11 @@ pub fn fd_read<P: Platform>(
         if entry.base & rights::FD_READ == 0 {
             return Err(errno::BADF);
         }
+        // A job about to wait for its stdin shows what it wrote first (a
+        // prompt, the answer to the last line), as a terminal's stdio would.
+        if wasi.devices.stdin.would_wait() {
+            wasi.flush_outputs();
+        }
         let mut total = 0;
         for &(ptr, len) in iovs.iter() {
             let n = wasi.devices.stdin.read(bytes_mut(mem, ptr, len)?);

@@ -46,7 +46,7 @@ fn job() -> T {
     image.mount("/out", false);
     let fs = Fs::load(image.build(256), 1 << 20).unwrap();
     let devices = Devices {
-        stdin: Script { data: b"line one\nline two\n".to_vec(), chunk: 5 },
+        stdin: Script { data: b"line one\nline two\n".to_vec(), chunk: 5, waits: 0 },
         stdout: Recorder::default(),
         stderr: Recorder::default(),
         clock: FakeClock { monotonic: START_NS, wall_at_zero: WALL_AT_ZERO, sleeps: Vec::new() },
@@ -1090,6 +1090,26 @@ fn poll_with_an_fd_subscription_does_not_sleep() {
     assert_eq!(events, [(2, 0, 1), (3, 0, 2), (4, 0, 0)]);
     assert!(t.w.devices.clock.sleeps.is_empty());
     assert_eq!(t.w.devices.stdout.flushes, 0);
+}
+
+#[test]
+fn poll_waits_for_stdin_in_growing_steps_up_to_a_deadline() {
+    let mut t = job();
+    t.w.devices.stdin.waits = 4;
+    t.write(1, &[b"prompt> "]).unwrap();
+    let events = t.poll(&[(1, 1, 0, 0, 0), (2, 0, 1, 1_000_000, 0)]).unwrap();
+    assert_eq!(events, [(1, 0, 1)], "stdin's bytes came before the deadline");
+    assert_eq!(t.w.devices.clock.sleeps, [START_NS + 50_000, START_NS + 150_000, START_NS + 350_000]);
+    assert!(t.w.devices.stdout.flushes > 0, "the prompt shows before the wait");
+    // Bytes that do not come: the deadline ends the wait, stdin not reported.
+    t.w.devices.stdin.waits = usize::MAX;
+    let now = t.w.devices.clock.monotonic;
+    assert_eq!(t.poll(&[(3, 1, 0, 0, 0), (4, 0, 1, 1_000_000, 0)]).unwrap(), [(4, 0, 0)]);
+    assert_eq!(*t.w.devices.clock.sleeps.last().unwrap(), now + 1_000_000);
+    // Any other ready fd ends the wait at once.
+    let sleeps = t.w.devices.clock.sleeps.len();
+    assert_eq!(t.poll(&[(5, 1, 0, 0, 0), (6, 2, 0, 0, 0)]).unwrap(), [(6, 0, 2)]);
+    assert_eq!(t.w.devices.clock.sleeps.len(), sleeps);
 }
 
 #[test]
