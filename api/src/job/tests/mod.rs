@@ -3,5 +3,4 @@
 mod archive;
 mod cache;
 mod compile;
-mod extract;
 mod spec;
