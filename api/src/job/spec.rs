@@ -315,8 +315,6 @@ pub enum Problem {
     NotADirectory(PathBuf),
     #[error("has no file name: {0:?}")]
     NoFileName(String),
-    #[error("file name {name:?} is longer than {NAME_MAX} bytes")]
-    InputNameTooLong { name: String },
     #[error("not a directory or regular file: {}", .0.display())]
     NotDirOrFile(PathBuf),
     #[error("must be an absolute path with no empty, '.' or '..' component, each at most {NAME_MAX} bytes (got {0:?})")]
@@ -605,9 +603,6 @@ impl Resolver<'_> {
             let Some(name) = Path::new(input).file_name().and_then(|n| n.to_str()) else {
                 return Err(self.invalid(&key, Problem::NoFileName(input.clone())));
             };
-            if name.len() > NAME_MAX {
-                return Err(self.invalid(&key, Problem::InputNameTooLong { name: name.to_owned() }));
-            }
             if let Some(first) = by_name.insert(name.to_owned(), i) {
                 let problem =
                     Problem::DuplicateInput { name: name.to_owned(), other: format!("files.inputs[{first}]") };
