@@ -2,5 +2,7 @@
 
 mod archive;
 mod cache;
+mod collect;
 mod compile;
+mod image;
 mod spec;
