@@ -409,15 +409,22 @@ enum Staged {
     File(File),
 }
 
+/// `.NAME.mvm-` followed by 16 hex digits: the staging copy of `NAME`.
+fn staging_name(name: &OsStr, random: u64) -> PathBuf {
+    let mut staging = std::ffi::OsString::from(".");
+    staging.push(name);
+    staging.push(format!("{STAGING_INFIX}{random:016x}"));
+    PathBuf::from(staging)
+}
+
+const STAGING_INFIX: &str = ".mvm-";
+
 /// Makes an empty directory or file named `.NAME.mvm-RANDOM` in `parent`.
 fn make_staging(parent: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<(PathBuf, Staged), Errno> {
     let mut bytes = [0u8; 8];
     for _ in 0..16 {
         rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
-        let mut staging = std::ffi::OsString::from(".");
-        staging.push(name);
-        staging.push(format!(".mvm-{:016x}", u64::from_le_bytes(bytes)));
-        let staging = PathBuf::from(staging);
+        let staging = staging_name(name, u64::from_le_bytes(bytes));
         let made = if is_dir {
             rustix::fs::mkdirat(parent, &staging, Mode::from_raw_mode(0o700))
                 .and_then(|()| open_dir(parent, &staging, false))
@@ -432,6 +439,36 @@ fn make_staging(parent: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<(P
         }
     }
     Err(Errno::EXIST)
+}
+
+/// Removes the staging copies of `host` that a write-back killed outright
+/// (SIGKILL) left beside it: the host tree itself is whole either way,
+/// since it is only ever swapped. Returns how many were removed.
+pub fn remove_stale_staging(host: &Path) -> usize {
+    let (Some(parent), Some(name)) = (host.parent(), host.file_name()) else { return 0 };
+    let prefix = staging_name(name, 0);
+    let prefix = &prefix.as_os_str().as_bytes()[..prefix.as_os_str().len() - 16];
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Ok(parent_fd) = rustix::fs::open(parent, flags, Mode::empty()) else { return 0 };
+    let Ok(dir) = rustix::fs::Dir::read_from(&parent_fd) else { return 0 };
+    let stale: Vec<PathBuf> = dir
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_bytes().to_vec())
+        .filter(|n| {
+            n.len() == prefix.len() + 16
+                && n.starts_with(prefix)
+                && n[prefix.len()..].iter().all(|b| b.is_ascii_hexdigit())
+        })
+        .map(|n| PathBuf::from(OsStr::from_bytes(&n)))
+        .collect();
+    let mut removed = 0;
+    for name in stale {
+        match remove_tree(parent_fd.as_fd(), &name) {
+            Ok(()) => removed += 1,
+            Err(e) => warn!(path = %parent.join(&name).display(), error = %e, "cannot remove a staging copy"),
+        }
+    }
+    removed
 }
 
 /// Removes `name` in `parent` and everything beneath it, by descriptor

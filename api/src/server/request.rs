@@ -189,15 +189,16 @@ fn rename_mounts(obj: &mut Map<String, Value>, to: &str) -> Result<(), ApiError>
     Ok(())
 }
 
-/// An error about the job file's `files.mount[N]...` named as the request
-/// field `files.mounts[N]...`.
+/// An error in the job file's terms (`files.mount[N]...`, in the field
+/// and in the message, which may name another mount) in the request's
+/// (`files.mounts[N]...`).
 fn api_field(mut e: ApiError) -> ApiError {
-    if let Some(field) = &e.field {
-        if let Some(rest) = field.strip_prefix("files.mount[").or_else(|| (field == "files.mount").then_some("")) {
-            let renamed = if rest.is_empty() { API_MOUNTS.to_owned() } else { format!("{API_MOUNTS}[{rest}") };
-            e.error = e.error.replacen(field.as_str(), &renamed, 1);
-            e.field = Some(renamed);
-        }
+    // The job file's own names never hold `files.mounts`, so nothing is
+    // renamed twice.
+    let rename = |s: &str| s.replace("files.mount[", "files.mounts[");
+    if e.field.as_deref().is_some_and(|f| f.starts_with("files.mount[")) {
+        e.field = e.field.as_deref().map(rename);
+        e.error = rename(&e.error);
     }
     e
 }

@@ -363,3 +363,23 @@ fn a_file_mount_is_renamed_over_and_must_stay_a_file() {
     assert_eq!(fs::read(&host).unwrap(), b"new contents");
     assert_eq!(names(tmp.path()), ["conf.txt", "fs.img"]);
 }
+
+#[test]
+fn staging_copies_a_killed_write_back_left_are_found_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host");
+    fs::create_dir(&host).unwrap();
+    let stale = tmp.path().join(".host.mvm-0123456789abcdef");
+    fs::create_dir_all(stale.join("ro/deep")).unwrap();
+    fs::write(stale.join("ro/deep/f"), "x").unwrap();
+    fs::set_permissions(stale.join("ro"), fs::Permissions::from_mode(0o500)).unwrap();
+    fs::write(tmp.path().join(".host.mvm-fedcba9876543210"), "a file mount's").unwrap();
+    for keep in [".host.mvm-not-a-staging-copy", ".other.mvm-0123456789abcdef", "host.mvm-0123456789abcdef"] {
+        fs::write(tmp.path().join(keep), "").unwrap();
+    }
+    assert_eq!(crate::job::collect::remove_stale_staging(&host), 2);
+    assert_eq!(
+        names(tmp.path()),
+        [".host.mvm-not-a-staging-copy", ".other.mvm-0123456789abcdef", "host", "host.mvm-0123456789abcdef"]
+    );
+}
