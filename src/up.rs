@@ -393,6 +393,35 @@ mod tests {
     }
 
     #[test]
+    fn an_image_the_guest_left_invalid_is_the_outputs_error_and_no_mount_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wat"), "(module)").unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/f"), "before").unwrap();
+        let toml = "[run]\nwasm = \"m.wat\"\n[files]\noutputs = \"out\"\ndisk_mib = 1\n\
+                    [[files.mount]]\nhost = \"data\"\nguest = \"/data\"\nmode = \"rw\"\n";
+        std::fs::write(dir.path().join("job.toml"), toml).unwrap();
+        let spec = JobSpec::load(&dir.path().join("job.toml"), &HostLimits { memory_mib: 1024, cpus: 1 }).unwrap();
+        let mounts = job::image::mounts(&spec);
+        let image = dir.path().join("fs.img");
+        job::build_image(&image, &mounts, spec.disk_mib).unwrap();
+
+        let collected = collect(&image, &spec, &mounts);
+        let host = dir.path().canonicalize().unwrap().join("data");
+        assert_eq!(collected, Collected { mounts: vec![("/data".into(), host.clone(), None)], ..Collected::default() });
+        assert!(!collected.failed());
+        assert_eq!(std::fs::read(host.join("f")).unwrap(), b"before", "an unchanged tree comes back unchanged");
+
+        std::fs::write(&image, [0xa5u8; 8192]).unwrap();
+        let collected = collect(&image, &spec, &mounts);
+        assert!(collected.failed());
+        let error = collected.output_error.as_deref().unwrap();
+        assert!(error.starts_with("the filesystem image the job left is invalid"), "{error}");
+        assert_eq!(collected.mounts[0].2.as_deref(), Some("not written back: the filesystem image is invalid"));
+        assert_eq!(std::fs::read(host.join("f")).unwrap(), b"before");
+    }
+
+    #[test]
     fn outputs_not_collected_turn_only_a_success_into_an_error() {
         let exit = |status| ending(&VmEnd::PowerOff(GuestExit { reason: ExitReason::Exit, status }), 16);
         assert_eq!(exit(0).exit_status(false), 0);
