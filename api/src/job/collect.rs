@@ -359,8 +359,7 @@ impl Rebuild<'_> {
                     if depth + 1 > MAX_DEPTH {
                         return Err(entry_err(EntryProblem::TooDeep));
                     }
-                    rustix::fs::mkdirat(fd, name.as_str(), Mode::from_raw_mode(0o700))
-                        .map_err(|e| fs_err(e, &path))?;
+                    rustix::fs::mkdirat(fd, name.as_str(), Mode::from_raw_mode(0o700)).map_err(|e| fs_err(e, &path))?;
                     let child = open_dir(fd, name.as_str(), false).map_err(|e| fs_err(e, &path))?;
                     self.dir(child.as_fd(), inode, &path, depth + 1)?;
                     self.finish(child.as_fd(), inode, &path)?;
@@ -431,7 +430,8 @@ fn make_staging(parent: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<(P
                 .map(Staged::Dir)
         } else {
             let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            rustix::fs::openat(parent, &staging, flags, Mode::from_raw_mode(0o600)).map(|fd| Staged::File(File::from(fd)))
+            rustix::fs::openat(parent, &staging, flags, Mode::from_raw_mode(0o600))
+                .map(|fd| Staged::File(File::from(fd)))
         };
         match made {
             Err(Errno::EXIST) => continue,
@@ -510,7 +510,9 @@ fn write_err(path: &Path, source: io::Error) -> CollectError {
 /// name the entry; the rest are plain write failures.
 fn fs_err(errno: Errno, path: &Path) -> CollectError {
     match errno {
-        Errno::LOOP | Errno::NOTDIR => CollectError::Entry { path: path.to_owned(), problem: EntryProblem::NotADirectory },
+        Errno::LOOP | Errno::NOTDIR => {
+            CollectError::Entry { path: path.to_owned(), problem: EntryProblem::NotADirectory }
+        }
         Errno::ISDIR => CollectError::Entry { path: path.to_owned(), problem: EntryProblem::DirectoryInTheWay },
         e => write_err(path, e.into()),
     }

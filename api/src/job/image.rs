@@ -351,7 +351,8 @@ impl Builder {
         fd: OwnedFd,
         stat: &Stat,
     ) -> Result<u64, ImageError> {
-        let read_err = |p: &Path, e: Errno| ImageError::Read { label: mount.label.clone(), path: p.to_owned(), source: e.into() };
+        let read_err =
+            |p: &Path, e: Errno| ImageError::Read { label: mount.label.clone(), path: p.to_owned(), source: e.into() };
         let ino = self.push(index, perm(stat), 0, times(stat), Kind::Dir(Vec::new()))?;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::read_from(&fd).map_err(|e| read_err(path, e))? {
@@ -365,7 +366,8 @@ impl Builder {
         names.sort();
         for name in names {
             let child_path = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-            let entry_err = |problem| ImageError::Entry { label: mount.label.clone(), path: child_path.clone(), problem };
+            let entry_err =
+                |problem| ImageError::Entry { label: mount.label.clone(), path: child_path.clone(), problem };
             let Ok(utf8) = name.to_str() else { return Err(entry_err(EntryProblem::NameNotUtf8)) };
             if utf8.len() > NAME_MAX {
                 return Err(entry_err(EntryProblem::NameTooLong));
@@ -399,7 +401,8 @@ impl Builder {
                     self.file(mount, index, &child_path, &File::from(child_fd), &stat)?
                 }
                 FileType::Symlink => {
-                    let target = rustix::fs::readlinkat(&fd, &*name, Vec::new()).map_err(|e| read_err(&child_path, e))?;
+                    let target =
+                        rustix::fs::readlinkat(&fd, &*name, Vec::new()).map_err(|e| read_err(&child_path, e))?;
                     let target = target.into_string().map_err(|_| entry_err(EntryProblem::BadTarget))?;
                     if target.is_empty() || target.len() > TARGET_MAX {
                         return Err(entry_err(EntryProblem::BadTarget));
@@ -417,8 +420,15 @@ impl Builder {
 
     /// A regular file's inode, its data copied into the image; a second
     /// name of a file already staged in this mount is a hard link.
-    fn file(&mut self, mount: &ImageMount, index: u32, path: &Path, file: &File, stat: &Stat) -> Result<u64, ImageError> {
-        let key = (stat.st_dev as u64, stat.st_ino as u64, index);
+    fn file(
+        &mut self,
+        mount: &ImageMount,
+        index: u32,
+        path: &Path,
+        file: &File,
+        stat: &Stat,
+    ) -> Result<u64, ImageError> {
+        let key = (stat.st_dev, stat.st_ino, index);
         if stat.st_nlink > 1 {
             if let Some(&ino) = self.links.get(&key) {
                 return Ok(ino);
@@ -447,7 +457,8 @@ impl Builder {
     /// kernel where it can (copy_file_range), else in large chunks.
     fn copy(&mut self, mount: &ImageMount, path: &Path, src: &File, at: u64, size: u64) -> Result<(), ImageError> {
         let read_err = |source| ImageError::Read { label: mount.label.clone(), path: path.to_owned(), source };
-        let changed = || ImageError::Entry { label: mount.label.clone(), path: path.to_owned(), problem: EntryProblem::Changed };
+        let changed =
+            || ImageError::Entry { label: mount.label.clone(), path: path.to_owned(), problem: EntryProblem::Changed };
         let (mut off_in, mut off_out) = (0u64, at);
         let mut fallback = false;
         while off_in < size {
@@ -455,7 +466,9 @@ impl Builder {
             let n = if fallback {
                 let mut buf = vec![0u8; want.min(CHUNK)];
                 let n = src.read_at(&mut buf, off_in).map_err(read_err)?;
-                self.file.write_all_at(&buf[..n], off_out).map_err(|source| ImageError::Write { path: self.image.clone(), source })?;
+                self.file
+                    .write_all_at(&buf[..n], off_out)
+                    .map_err(|source| ImageError::Write { path: self.image.clone(), source })?;
                 n
             } else {
                 // The kernel advances its own copies of the offsets; the

@@ -317,7 +317,9 @@ pub enum Problem {
     NoFileName(String),
     #[error("not a directory or regular file: {}", .0.display())]
     NotDirOrFile(PathBuf),
-    #[error("must be an absolute path with no empty, '.' or '..' component, each at most {NAME_MAX} bytes (got {0:?})")]
+    #[error(
+        "must be an absolute path with no empty, '.' or '..' component, each at most {NAME_MAX} bytes (got {0:?})"
+    )]
     BadGuestPath(String),
     #[error("must be \"ro\" or \"rw\" (got {0:?})")]
     BadMode(String),
@@ -325,10 +327,12 @@ pub enum Problem {
     RootNotDir(PathBuf),
     #[error("guest path {guest} is also {other}'s")]
     DuplicateGuest { guest: String, other: String },
-    #[error("guest path {guest} lies inside rw mount {outer} ({other}); mounts may nest only inside ro mounts")]
-    InsideRwMount { guest: String, outer: String, other: String },
-    #[error("host path {} overlaps {other}'s {}; a tree may be mounted twice only when every use is ro", .path.display(), .other_path.display())]
-    HostOverlap { path: PathBuf, other: String, other_path: PathBuf },
+    /// `outer`: the rw mount's guest path and key, as `/a (files.mount[0])`.
+    #[error("guest path {guest} lies inside rw mount {outer}; mounts may nest only inside ro mounts")]
+    InsideRwMount { guest: String, outer: String },
+    /// `other`: the other key and its host path, as `files.mount[0]'s /a`.
+    #[error("host path {} overlaps {other}; a tree may be mounted twice only when every use is ro", .path.display())]
+    HostOverlap { path: PathBuf, other: String },
     #[error("cannot write {} ({kind}): a rw mount needs write access to it and to its parent directory, where its new contents are staged", .path.display())]
     NotWritable { path: PathBuf, kind: io::ErrorKind },
     #[error("file name {name:?} is also used by {other}; both would be /in/{name}")]
@@ -704,18 +708,15 @@ impl Resolver<'_> {
                 let (Some(host), Some(other_host)) = (host, other_host) else { continue };
                 if (!read_only || !other_ro) && (host.starts_with(other_host) || other_host.starts_with(host)) {
                     let host_key = if key.starts_with("files.mount") { format!("{key}.host") } else { key.clone() };
-                    let problem =
-                        Problem::HostOverlap { path: host.clone(), other: other_key.clone(), other_path: other_host.clone() };
+                    let other = format!("{other_key}'s {}", other_host.display());
+                    let problem = Problem::HostOverlap { path: host.clone(), other };
                     return Err(self.invalid(&host_key, problem));
                 }
             }
             for (other_key, other_guest, other_ro, _) in &all {
                 if !other_ro && guest_inside(guest, other_guest) {
-                    let problem = Problem::InsideRwMount {
-                        guest: guest.to_string(),
-                        outer: other_guest.to_string(),
-                        other: other_key.clone(),
-                    };
+                    let outer = format!("{other_guest} ({other_key})");
+                    let problem = Problem::InsideRwMount { guest: guest.to_string(), outer };
                     return Err(self.invalid(&guest_key, problem));
                 }
             }

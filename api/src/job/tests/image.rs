@@ -210,8 +210,8 @@ fn what_a_job_cannot_be_given_is_refused_naming_it() {
     let e = build(&non_utf8);
     assert!(matches!(&e, ImageError::Entry { path, problem: EntryProblem::NameNotUtf8, .. } if path == &bad), "{e}");
 
-    let e = build_image(&tmp.path().join("fs.img"), &[host_mount("/m", &tmp.path().join("gone"), true)], 1)
-        .unwrap_err();
+    let e =
+        build_image(&tmp.path().join("fs.img"), &[host_mount("/m", &tmp.path().join("gone"), true)], 1).unwrap_err();
     assert!(matches!(e, ImageError::Read { .. }), "{e}");
 }
 
@@ -225,8 +225,6 @@ fn identical_trees_give_identical_images() {
     build_image(&a, &mounts, 1).unwrap();
     build_image(&b, &mounts, 1).unwrap();
     let (da, db) = (Decoded::read(&a), Decoded::read(&b));
-    let strip = |m: &Metadata| {
-        m.inodes.iter().map(|i| (i.ino, i.kind.clone(), i.perm, i.size)).collect::<Vec<_>>()
-    };
+    let strip = |m: &Metadata| m.inodes.iter().map(|i| (i.ino, i.kind.clone(), i.perm, i.size)).collect::<Vec<_>>();
     assert_eq!(strip(&da.meta), strip(&db.meta), "entries are staged in name order");
 }

@@ -489,7 +489,9 @@ fn a_symlinked_host_path_is_resolved_and_ro_trees_may_be_mounted_twice() {
 fn every_bad_mount_names_its_key_and_line() {
     let dir = JobDir::new();
     let _socket = std::os::unix::net::UnixListener::bind(dir.root.join("sock")).unwrap();
-    let m = |host: &str, guest: &str, mode: &str| format!("[[files.mount]]\nhost = \"{host}\"\nguest = \"{guest}\"\nmode = \"{mode}\"\n");
+    let m = |host: &str, guest: &str, mode: &str| {
+        format!("[[files.mount]]\nhost = \"{host}\"\nguest = \"{guest}\"\nmode = \"{mode}\"\n")
+    };
     let cases: Vec<(String, String)> = vec![
         (m("nope", "/x", "ro"), "job.toml:4: files.mount[0].host: no such file: $DIR/nope".into()),
         (m("sock", "/x", "ro"), "job.toml:4: files.mount[0].host: not a directory or regular file: $DIR/sock".into()),
@@ -528,5 +530,7 @@ fn every_bad_mount_names_its_key_and_line() {
         assert_eq!(dir.err(&format!("{MINIMAL}{body}")), expected, "for {guest:?}");
     }
     let long = format!("/{}", "n".repeat(256));
-    assert!(dir.err(&format!("{MINIMAL}{}", m("data", &long, "ro"))).contains("files.mount[0].guest: must be an absolute"));
+    assert!(dir
+        .err(&format!("{MINIMAL}{}", m("data", &long, "ro")))
+        .contains("files.mount[0].guest: must be an absolute"));
 }

@@ -345,7 +345,10 @@ fn mounts_are_confined_to_the_files_root_and_named_as_the_request_names_them() {
     let spec = &launch.record.spec;
     assert_eq!(spec["files"]["mounts"][0]["host"], json!(root.join("data")));
     assert!(spec["files"].get("mount").is_none(), "the record keeps the request's field name");
-    assert!(spec["files"].get("outputs").is_none() && launch.record.outputs_dir.is_none(), "with mounts, no default /out");
+    assert!(
+        spec["files"].get("outputs").is_none() && launch.record.outputs_dir.is_none(),
+        "with mounts, no default /out"
+    );
     let anchor = f.ctx.state_dir.join("jobs/job.toml");
     let parsed = JobSpec::parse(launch.job_toml.as_deref().unwrap(), &anchor, &f.ctx.host).unwrap();
     let mounts: Vec<_> = parsed.mounts.iter().map(|m| (m.host.clone(), m.guest.as_str(), m.read_only)).collect();
@@ -353,7 +356,8 @@ fn mounts_are_confined_to_the_files_root_and_named_as_the_request_names_them() {
     assert_eq!((parsed.disk_mib, parsed.inputs, parsed.outputs), (7, None, None));
 
     let wasm = json!({ "wasm": "m.wat" });
-    let mount = |host: Value, guest: &str| json!({ "run": wasm, "files": { "mounts": [{ "host": host, "guest": guest }] } });
+    let mount =
+        |host: Value, guest: &str| json!({ "run": wasm, "files": { "mounts": [{ "host": host, "guest": guest }] } });
     let cases = [
         (mount(json!(f.outside), "/x"), StatusCode::FORBIDDEN, "files.mounts[0].host", "must be under the files root"),
         (mount(json!("nope"), "/x"), StatusCode::BAD_REQUEST, "files.mounts[0].host", "no such file"),
