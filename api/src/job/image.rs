@@ -38,6 +38,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use tracing::info;
 
+use super::collect::MAX_DEPTH;
 use super::spec::{guest_inside, JobSpec, IN_DIR, OUT_DIR};
 
 /// The most inodes and directory entries a job's tree may hold, as the
@@ -69,6 +70,8 @@ pub enum ImageError {
     Entry { label: String, path: PathBuf, problem: EntryProblem },
     #[error("the job's files hold more than {MAX_ENTRIES} entries; mount less")]
     TooManyEntries,
+    #[error("{label}: {}: more than {MAX_DEPTH} directories deep, more than a job's tree may be", .path.display())]
+    TooDeep { label: String, path: PathBuf },
     #[error("the filesystem image would be too large ({blocks} blocks of {BLOCK} bytes)")]
     TooLarge { blocks: u64 },
 }
@@ -385,6 +388,11 @@ impl Builder {
             }
             let child = match kind {
                 FileType::Directory => {
+                    // As deep as a write-back may bring back, and no deeper
+                    // than the descriptors this walk holds open allow.
+                    if depth(&child_guest) - depth(&mount.guest) > MAX_DEPTH {
+                        return Err(ImageError::TooDeep { label: mount.label.clone(), path: child_path });
+                    }
                     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                     let child_fd = open_same(fd.as_fd(), &name, flags, &stat).map_err(|e| match e {
                         Some(e) => read_err(&child_path, e),
@@ -412,7 +420,6 @@ impl Builder {
                 }
                 other => return Err(entry_err(EntryProblem::Unsupported(type_name(other)))),
             };
-            self.count_entry()?;
             self.set_entry(ino, utf8, child);
         }
         Ok(ino)
@@ -431,6 +438,8 @@ impl Builder {
         let key = (stat.st_dev, stat.st_ino, index);
         if stat.st_nlink > 1 {
             if let Some(&ino) = self.links.get(&key) {
+                // One more name, no more inode: counted all the same.
+                self.count_entry()?;
                 return Ok(ino);
             }
         }

@@ -333,6 +333,8 @@ pub enum Problem {
     /// `other`: the other key and its host path, as `files.mount[0]'s /a`.
     #[error("host path {} overlaps {other}; a tree may be mounted twice only when every use is ro", .path.display())]
     HostOverlap { path: PathBuf, other: String },
+    #[error("{} is a mount point: a rw mount is swapped into place by a rename, so it must be on its parent directory's filesystem; mount a directory inside it", .0.display())]
+    MountPoint(PathBuf),
     #[error("cannot write {} ({kind}): a rw mount needs write access to it and to its parent directory, where its new contents are staged", .path.display())]
     NotWritable { path: PathBuf, kind: io::ErrorKind },
     #[error("file name {name:?} is also used by {other}; both would be /in/{name}")]
@@ -673,6 +675,7 @@ impl Resolver<'_> {
 
     /// A rw mount is written back by building its new contents beside it
     /// and swapping them in, so both it and its parent must be writable.
+    /// The swap is a rename, so the two must also be on one filesystem.
     fn writable(&self, key: &str, host: &Path) -> Result<(), SpecError> {
         let parent = host.parent().unwrap_or(host);
         for path in [host, parent] {
@@ -680,6 +683,14 @@ impl Resolver<'_> {
                 let problem = Problem::NotWritable { path: path.to_owned(), kind: io::Error::from(e).kind() };
                 return Err(self.invalid(key, problem));
             }
+        }
+        let dev = |path: &Path| {
+            std::fs::metadata(path)
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+                .map_err(|e| self.invalid(key, Problem::Inaccessible { path: path.to_owned(), kind: e.kind() }))
+        };
+        if host != parent && dev(host)? != dev(parent)? {
+            return Err(self.invalid(key, Problem::MountPoint(host.to_owned())));
         }
         Ok(())
     }

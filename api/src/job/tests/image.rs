@@ -228,3 +228,19 @@ fn identical_trees_give_identical_images() {
     let strip = |m: &Metadata| m.inodes.iter().map(|i| (i.ino, i.kind.clone(), i.perm, i.size)).collect::<Vec<_>>();
     assert_eq!(strip(&da.meta), strip(&db.meta), "entries are staged in name order");
 }
+
+#[test]
+fn a_tree_deeper_than_a_write_back_may_bring_back_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host");
+    let mut deepest = host.clone();
+    for _ in 0..crate::job::collect::MAX_DEPTH {
+        deepest.push("d");
+    }
+    fs::create_dir_all(&deepest).unwrap();
+    let image = tmp.path().join("fs.img");
+    build_image(&image, &[host_mount("/m", &host, false)], 1).unwrap();
+    fs::create_dir(deepest.join("d")).unwrap();
+    let e = build_image(&image, &[host_mount("/m", &host, false)], 1).unwrap_err();
+    assert!(matches!(&e, ImageError::TooDeep { path, .. } if path == &deepest.join("d")), "{e}");
+}

@@ -534,3 +534,23 @@ fn every_bad_mount_names_its_key_and_line() {
         .err(&format!("{MINIMAL}{}", m("data", &long, "ro")))
         .contains("files.mount[0].guest: must be an absolute"));
 }
+
+#[test]
+fn a_rw_mount_must_be_on_its_parents_filesystem() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = JobDir::new();
+    let text = format!("{MINIMAL}[[files.mount]]\nhost = \"/proc\"\nguest = \"/p\"\nmode = \"rw\"\n");
+    let message = dir.err(&text);
+    // Root may write /proc and /; anyone else cannot write /proc.
+    if fs::metadata("/proc/self").unwrap().uid() == 0 {
+        assert_eq!(
+            message,
+            "$DIR/job.toml:4: files.mount[0].host: /proc is a mount point: a rw mount is swapped into place by a \
+             rename, so it must be on its parent directory's filesystem; mount a directory inside it"
+        );
+    } else {
+        assert!(message.starts_with("$DIR/job.toml:4: files.mount[0].host: cannot write /proc"), "{message}");
+    }
+    let text = format!("{MINIMAL}[[files.mount]]\nhost = \"/proc\"\nguest = \"/p\"\n");
+    assert_eq!(dir.parse(&text).unwrap().mounts[0].host, Path::new("/proc"), "ro, it is fine");
+}
