@@ -15,7 +15,9 @@
 //!   directories and symlinks (created as links, never followed),
 //!   permission bits and times; then swapped into place in one step
 //!   (`renameat2(RENAME_EXCHANGE)`; a file mount: `rename` over it) and
-//!   the old tree removed. Any failure before the swap removes the staging
+//!   the old tree removed. Entries are mvm's user's, except that mvm run
+//!   by root gives them the owner of the tree they replace. Any failure
+//!   before the swap removes the staging
 //!   copy: the host tree is then exactly as it was. Hard links come back as
 //!   separate copies (each counts towards the cap), so that no link can
 //!   join the tree to a file outside it.
@@ -36,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use mvm_wasi::fsimage::{FormatError, Inode, Kind, Limits, Metadata, Superblock, BLOCK};
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 use tracing::warn;
 
@@ -298,12 +300,17 @@ pub fn write_back(image: &Image, mount: u32, host: &Path, max_bytes: u64) -> Res
     };
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let parent_fd = rustix::fs::open(parent, dir_flags, Mode::empty()).map_err(|e| write_err(parent, e.into()))?;
-    let is_dir = match rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(stat) => rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory,
-        Err(e) => return Err(write_err(host, e.into())),
-    };
-    let mut rebuild = Rebuild { image, mount, max_bytes, summary: WriteBackSummary::default(), entries: 0 };
+    let host_stat =
+        rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| write_err(host, e.into()))?;
+    let is_dir = rustix::fs::FileType::from_raw_mode(host_stat.st_mode) == rustix::fs::FileType::Directory;
     let (staging, made) = make_staging(parent_fd.as_fd(), name, is_dir).map_err(|e| write_err(parent, e.into()))?;
+    // What mvm creates is its user's: when that is root and the tree is
+    // another user's, the tree keeps its owner. (Only root may give files
+    // away; anyone else writing another's tree makes the new one its own.)
+    let staged_uid = rustix::fs::statat(&parent_fd, &staging, AtFlags::SYMLINK_NOFOLLOW).map(|s| s.st_uid);
+    let owner = (staged_uid.ok() == Some(0) && (host_stat.st_uid, host_stat.st_gid) != (0, 0))
+        .then_some((host_stat.st_uid, host_stat.st_gid));
+    let mut rebuild = Rebuild { image, mount, max_bytes, owner, summary: WriteBackSummary::default(), entries: 0 };
     let staged = match made {
         Staged::Dir(fd) => {
             if !matches!(root.kind, Kind::Dir(_)) {
@@ -335,6 +342,8 @@ struct Rebuild<'a> {
     image: &'a Image,
     mount: u32,
     max_bytes: u64,
+    /// The uid and gid to give every entry, when not mvm's own.
+    owner: Option<(u32, u32)>,
     summary: WriteBackSummary,
     entries: u64,
 }
@@ -374,6 +383,11 @@ impl Rebuild<'_> {
                 }
                 Kind::Symlink(target) => {
                     rustix::fs::symlinkat(target.as_str(), fd, name.as_str()).map_err(|e| fs_err(e, &path))?;
+                    if let Some((uid, gid)) = self.owner {
+                        let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+                        rustix::fs::chownat(fd, name.as_str(), Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(|e| fs_err(e, &path))?;
+                    }
                     let times = timestamps(inode);
                     rustix::fs::utimensat(fd, name.as_str(), &times, AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(|e| fs_err(e, &path))?;
@@ -398,6 +412,10 @@ impl Rebuild<'_> {
     /// change its mtime, and its bits may forbid adding them.
     fn finish(&self, fd: BorrowedFd<'_>, inode: &Inode, path: &Path) -> Result<(), CollectError> {
         let err = |e: Errno| write_err(path, e.into());
+        // Before the bits: a change of owner clears set-user-ID.
+        if let Some((uid, gid)) = self.owner {
+            rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(err)?;
+        }
         rustix::fs::futimens(fd, &timestamps(inode)).map_err(err)?;
         rustix::fs::fchmod(fd, Mode::from_raw_mode(u32::from(inode.perm))).map_err(err)
     }

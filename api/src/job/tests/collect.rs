@@ -408,3 +408,25 @@ fn staging_copies_a_killed_write_back_left_are_found_and_removed() {
         [".host.mvm-not-a-staging-copy", ".other.mvm-0123456789abcdef", "host", "host.mvm-0123456789abcdef"]
     );
 }
+
+#[test]
+fn written_back_by_root_a_users_tree_stays_the_users() {
+    if fs::metadata("/proc/self").unwrap().uid() != 0 {
+        return; // Only root can give files away; as anyone else there is nothing to check.
+    }
+    let s = setup();
+    std::os::unix::fs::chown(&s.host, Some(1234), Some(5678)).unwrap();
+    let mut g = Guest::open(&s.image);
+    let data = g.dir_of("/data");
+    g.file(data, "new.txt", 1, 0o4755, b"x");
+    g.add(data, "l", 1, 0o777, 1, Kind::Symlink("x".into()));
+    g.close();
+    let image = Image::open(&s.image).unwrap();
+    write_back(&image, 1, &s.host, image.size()).unwrap();
+    for path in ["", "new.txt", "l", "sub", "sub/inner.bin"] {
+        let meta = fs::symlink_metadata(s.host.join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "{path:?}");
+    }
+    let mode = fs::metadata(s.host.join("new.txt")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o4755, "the bits are set after the owner, which would clear set-user-ID");
+}
