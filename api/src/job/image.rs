@@ -265,6 +265,12 @@ impl Builder {
         }
     }
 
+    /// Names `ino` as `name` in `dir`, a name not there yet (a scan meets
+    /// each name of a host directory once).
+    fn push_entry(&mut self, dir: u64, name: &str, ino: u64) {
+        self.entries_of(dir).push((name.to_owned(), ino));
+    }
+
     /// Names `ino` as `name` in `dir`, replacing what was there (only a
     /// directory made to lead to a deeper mount can be).
     fn set_entry(&mut self, dir: u64, name: &str, ino: u64) {
@@ -318,7 +324,8 @@ impl Builder {
                 return Err(entry_err(EntryProblem::Unsupported("non-regular file")));
             }
             let ino = self.file(mount, index, path, &file, &stat)?;
-            self.set_entry(dir, name, ino);
+            // Validation made the names unique.
+            self.push_entry(dir, name, ino);
         }
         Ok(dir)
     }
@@ -420,7 +427,7 @@ impl Builder {
                 }
                 other => return Err(entry_err(EntryProblem::Unsupported(type_name(other)))),
             };
-            self.set_entry(ino, utf8, child);
+            self.push_entry(ino, utf8, child);
         }
         Ok(ino)
     }
