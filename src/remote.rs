@@ -117,6 +117,12 @@ fn report(record: &Value, name: &str, json: bool) -> u8 {
             if let Some(error) = report["outputs"]["error"].as_str() {
                 eprintln!("mvm: outputs not fully collected: {error}");
             }
+            for mount in report["mounts"].as_array().into_iter().flatten() {
+                if let Some(error) = mount["error"].as_str() {
+                    let (guest, host) = (mount["guest"].as_str().unwrap_or("?"), mount["host"].as_str().unwrap_or("?"));
+                    eprintln!("mvm: mount {guest} not written back to {host}: {error}");
+                }
+            }
         }
         return status.unwrap_or(status::MVM_ERROR);
     }
