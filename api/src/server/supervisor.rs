@@ -898,6 +898,22 @@ exit 99
         assert!(!staged(&machine_dir(&state, "a")), "a killed job's staged images are removed");
         assert_eq!(supervisor.control(&killed, Action::Resume).unwrap_err().status, StatusCode::CONFLICT);
 
+        // A job killed while writing back a rw mount: its staging copy goes,
+        // the tree stays.
+        let tree = tmp.path().join("rw-tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("kept"), "k").unwrap();
+        let staging = tmp.path().join(".rw-tree.mvm-0123456789abcdef");
+        std::fs::create_dir(&staging).unwrap();
+        let mut writing = launch("e", &["stage"], None);
+        writing.record.spec =
+            serde_json::json!({ "files": { "mounts": [{ "host": tree, "guest": "/rw", "mode": "rw" }] } });
+        let writing = runtime.block_on(supervisor.launch(writing)).unwrap();
+        supervisor.control(&writing, Action::Kill).unwrap();
+        wait_until("the killed writer's end is recorded", || record_of(&store, "e").state.ended());
+        assert!(!staging.exists(), "the staging copy is removed");
+        assert_eq!(std::fs::read(tree.join("kept")).unwrap(), b"k");
+
         let outputs = tmp.path().join("outputs-d");
         std::fs::create_dir(&outputs).unwrap();
         start("d", &["exit", "3"], Some(outputs.clone())).unwrap();
