@@ -16,8 +16,9 @@
 //! host); hard links within one mount stay hard links; device files,
 //! sockets and FIFOs are refused, since the job would silently miss them.
 //!
-//! Layout: the superblock in block 0, each file's data in one contiguous
-//! run of blocks from block 1 on, the metadata after the data, then
+//! Layout: the superblock in block 0, each file's data in contiguous runs
+//! of blocks from block 1 on (its holes left out, as they read as zeros),
+//! the metadata after the data, then
 //! `disk_mib` of free room. The file is sparse: the free room costs nothing
 //! on the host until the job writes into it.
 
@@ -34,7 +35,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mvm_wasi::fsimage::{
     Extent, Inode, Kind, Metadata, Mount, Superblock, BLOCK, NAME_MAX, NO_MOUNT, ROOT, TARGET_MAX,
 };
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Stat};
 use rustix::io::Errno;
 use tracing::info;
 
@@ -451,17 +452,19 @@ impl Builder {
             }
         }
         let size = stat.st_size as u64;
-        let blocks = size.div_ceil(BLOCK_U64);
-        let start = self.next_block;
-        self.next_block = start.checked_add(blocks).ok_or(ImageError::TooLarge { blocks: u64::MAX })?;
         let mut extents = Vec::new();
-        let mut logical = 0;
-        while logical < blocks {
-            let count = (blocks - logical).min(u64::from(u32::MAX));
-            extents.push(Extent { logical, start: start + logical, count: count as u32 });
-            logical += count;
+        for (first, end) in data_runs(file, size) {
+            let mut logical = first;
+            while logical < end {
+                let count = (end - logical).min(u64::from(u32::MAX));
+                let start = self.next_block;
+                self.next_block = start.checked_add(count).ok_or(ImageError::TooLarge { blocks: u64::MAX })?;
+                extents.push(Extent { logical, start, count: count as u32 });
+                let from = logical * BLOCK_U64;
+                self.copy(mount, path, file, from, start * BLOCK_U64, (count * BLOCK_U64).min(size - from))?;
+                logical += count;
+            }
         }
-        self.copy(mount, path, file, start * BLOCK_U64, size)?;
         let ino = self.push(index, perm(stat), size, times(stat), Kind::File(extents))?;
         if stat.st_nlink > 1 {
             self.links.insert(key, ino);
@@ -469,16 +472,25 @@ impl Builder {
         Ok(ino)
     }
 
-    /// Copies exactly `size` bytes of `src` into the image at `at`: in the
-    /// kernel where it can (copy_file_range), else in large chunks.
-    fn copy(&mut self, mount: &ImageMount, path: &Path, src: &File, at: u64, size: u64) -> Result<(), ImageError> {
+    /// Copies exactly `len` bytes of `src` from `from` into the image at
+    /// `at`: in the kernel where it can (copy_file_range), else in large
+    /// chunks.
+    fn copy(
+        &mut self,
+        mount: &ImageMount,
+        path: &Path,
+        src: &File,
+        from: u64,
+        at: u64,
+        len: u64,
+    ) -> Result<(), ImageError> {
         let read_err = |source| ImageError::Read { label: mount.label.clone(), path: path.to_owned(), source };
         let changed =
             || ImageError::Entry { label: mount.label.clone(), path: path.to_owned(), problem: EntryProblem::Changed };
-        let (mut off_in, mut off_out) = (0u64, at);
+        let (mut off_in, mut off_out, end) = (from, at, from + len);
         let mut fallback = false;
-        while off_in < size {
-            let want = usize::try_from(size - off_in).unwrap_or(usize::MAX).min(1 << 30);
+        while off_in < end {
+            let want = usize::try_from(end - off_in).unwrap_or(usize::MAX).min(1 << 30);
             let n = if fallback {
                 let mut buf = vec![0u8; want.min(CHUNK)];
                 let n = src.read_at(&mut buf, off_in).map_err(read_err)?;
@@ -542,6 +554,31 @@ impl Builder {
         self.file.set_len(total_blocks * BLOCK_U64).map_err(write_err)?;
         Ok(ImageSummary { used_blocks, total_blocks })
     }
+}
+
+/// The runs of blocks (first, end) of `file`, `size` bytes long, that may
+/// hold data: holes are left out of the image (they read as zeros there
+/// too); where the filesystem cannot tell them (no SEEK_DATA), all of it.
+fn data_runs(file: &File, size: u64) -> Vec<(u64, u64)> {
+    let all = vec![(0, size.div_ceil(BLOCK_U64))];
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let data = match rustix::fs::seek(file, SeekFrom::Data(at)) {
+            Ok(data) if data < size => data,
+            // No data from `at` to the end.
+            Ok(_) | Err(Errno::NXIO) => break,
+            Err(_) => return all,
+        };
+        let hole = rustix::fs::seek(file, SeekFrom::Hole(data)).map_or(size, |hole| hole.min(size));
+        let (first, end) = (data / BLOCK_U64, hole.div_ceil(BLOCK_U64));
+        match runs.last_mut() {
+            Some(last) if last.1 >= first => last.1 = last.1.max(end),
+            _ => runs.push((first, end)),
+        }
+        at = hole.max(data + 1);
+    }
+    runs
 }
 
 /// Opens `name` in `dir` and checks with `fstat` that it is the inode

@@ -244,3 +244,26 @@ fn a_tree_deeper_than_a_write_back_may_bring_back_is_refused() {
     let e = build_image(&image, &[host_mount("/m", &host, false)], 1).unwrap_err();
     assert!(matches!(&e, ImageError::TooDeep { path, .. } if path == &deepest.join("d")), "{e}");
 }
+
+#[test]
+fn a_sparse_file_takes_only_its_data_in_the_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host");
+    fs::create_dir(&host).unwrap();
+    let sparse = fs::File::create(host.join("sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    sparse.write_all_at(b"middle", 32 << 20).unwrap();
+    sparse.write_all_at(b"end", (64 << 20) - 3).unwrap();
+    let image = tmp.path().join("fs.img");
+    let summary = build_image(&image, &[host_mount("/m", &host, true)], 1).unwrap();
+    let d = Decoded::read(&image);
+    let data = d.data("/m/sparse");
+    assert_eq!(data.len(), 64 << 20);
+    assert_eq!((&data[32 << 20..(32 << 20) + 6], &data[(64 << 20) - 3..]), (&b"middle"[..], &b"end"[..]));
+    assert!(data[..32 << 20].iter().all(|&b| b == 0));
+    let Kind::File(extents) = &d.lookup("/m/sparse").kind else { panic!("not a file") };
+    // Linux's filesystems tell holes (tmpfs, ext4, xfs, btrfs, overlayfs
+    // over them): only the two blocks holding data are in the image.
+    assert_eq!(extents.iter().map(|e| (e.logical, e.count)).collect::<Vec<_>>(), [(8192, 1), (16383, 1)]);
+    assert!(summary.used_blocks < 8, "{summary:?}");
+}
