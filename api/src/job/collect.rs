@@ -42,6 +42,7 @@ use rustix::fs::{AtFlags, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, 
 use rustix::io::Errno;
 use tracing::warn;
 
+use super::copy::{copy_range, CopyError, Span};
 use super::image::MAX_ENTRIES;
 
 /// The deepest directory nesting brought back: each level holds a
@@ -52,8 +53,6 @@ pub const MAX_DEPTH: usize = 256;
 const MAX_METADATA: u64 = 1 << 30;
 const BLOCK_U64: u64 = BLOCK as u64;
 const MIB: u64 = 1 << 20;
-/// The largest read or write when copying file data without copy_file_range.
-const CHUNK: usize = 1 << 20;
 /// The most copied between two looks at whether mvm was interrupted.
 const INTERRUPT_STEP: usize = 64 << 20;
 
@@ -165,33 +164,16 @@ impl Image {
                 break;
             }
             let len = (u64::from(extent.count) * BLOCK_U64).min(inode.size - from);
-            let (mut done, start) = (0u64, extent.start * BLOCK_U64);
-            let mut fallback = false;
-            while done < len {
-                check_interrupted()?;
-                let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(INTERRUPT_STEP);
-                let n = if fallback {
-                    let mut buf = vec![0u8; want.min(CHUNK)];
-                    let n = self.file.read_at(&mut buf, start + done).map_err(read_err)?;
-                    out.write_all_at(&buf[..n], from + done).map_err(write_err)?;
-                    n
-                } else {
-                    let (mut i, mut o) = (start + done, from + done);
-                    match rustix::fs::copy_file_range(&self.file, Some(&mut i), out, Some(&mut o), want) {
-                        Ok(n) => n,
-                        Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                            fallback = true;
-                            continue;
-                        }
-                        Err(e) => return Err(write_err(e.into())),
-                    }
-                };
-                if n == 0 {
+            let mut keep_going = |_| !INTERRUPTED.load(Ordering::Relaxed);
+            let start = extent.start * BLOCK_U64;
+            copy_range(&self.file, out, Span { from: start, at: from, len }, INTERRUPT_STEP, true, &mut keep_going)
+                .map_err(|e| match e {
+                    CopyError::Read(source) => read_err(source),
+                    CopyError::Write(source) | CopyError::Kernel(source) => write_err(source),
                     // Superblock::decode checked the image holds every block.
-                    return Err(read_err(io::ErrorKind::UnexpectedEof.into()));
-                }
-                done += n as u64;
-            }
+                    CopyError::Ended => read_err(io::ErrorKind::UnexpectedEof.into()),
+                    CopyError::Stopped => CollectError::Interrupted,
+                })?;
         }
         out.set_len(inode.size).map_err(write_err)
     }

@@ -40,6 +40,7 @@ use rustix::io::Errno;
 use tracing::info;
 
 use super::collect::MAX_DEPTH;
+use super::copy::{copy_range, CopyError, Span};
 use super::spec::{guest_inside, JobSpec, IN_DIR, OUT_DIR};
 
 /// The most inodes and directory entries a job's tree may hold, as the
@@ -49,8 +50,6 @@ pub const MAX_ENTRIES: u64 = 1_000_000;
 const PROGRESS_STEP: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 const BLOCK_U64: u64 = BLOCK as u64;
-/// The largest read or write when copying file data without copy_file_range.
-const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -206,6 +205,16 @@ pub fn build_image(image: &Path, mounts: &[ImageMount], disk_mib: u64) -> Result
     }
     debug_assert_eq!(builder.inodes.first().map(|i| i.ino), Some(ROOT));
     builder.finish(table, disk_mib)
+}
+
+/// Counts `n` more bytes staged into `copied`, logging every
+/// [`PROGRESS_STEP`].
+fn progress(copied: &mut u64, n: u64) {
+    let before = *copied / PROGRESS_STEP;
+    *copied += n;
+    if *copied / PROGRESS_STEP > before {
+        info!(staged_mib = *copied / MIB, "staging job files");
+    }
 }
 
 fn depth(guest: &str) -> usize {
@@ -473,8 +482,7 @@ impl Builder {
     }
 
     /// Copies exactly `len` bytes of `src` from `from` into the image at
-    /// `at`: in the kernel where it can (copy_file_range), else in large
-    /// chunks.
+    /// `at`.
     fn copy(
         &mut self,
         mount: &ImageMount,
@@ -485,48 +493,19 @@ impl Builder {
         len: u64,
     ) -> Result<(), ImageError> {
         let read_err = |source| ImageError::Read { label: mount.label.clone(), path: path.to_owned(), source };
-        let changed =
-            || ImageError::Entry { label: mount.label.clone(), path: path.to_owned(), problem: EntryProblem::Changed };
-        let (mut off_in, mut off_out, end) = (from, at, from + len);
-        let mut fallback = false;
-        while off_in < end {
-            let want = usize::try_from(end - off_in).unwrap_or(usize::MAX).min(1 << 30);
-            let n = if fallback {
-                let mut buf = vec![0u8; want.min(CHUNK)];
-                let n = src.read_at(&mut buf, off_in).map_err(read_err)?;
-                self.file
-                    .write_all_at(&buf[..n], off_out)
-                    .map_err(|source| ImageError::Write { path: self.image.clone(), source })?;
-                n
-            } else {
-                // The kernel advances its own copies of the offsets; the
-                // loop advances these by what was copied.
-                let (mut from, mut to) = (off_in, off_out);
-                match rustix::fs::copy_file_range(src, Some(&mut from), &self.file, Some(&mut to), want) {
-                    Ok(n) => n,
-                    Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                        fallback = true;
-                        continue;
-                    }
-                    Err(e) => return Err(read_err(e.into())),
-                }
-            };
-            if n == 0 {
-                return Err(changed());
+        let (image, file) = (&self.image, &self.file);
+        let copied = &mut self.copied;
+        let mut progress = |n| {
+            progress(copied, n);
+            true
+        };
+        copy_range(src, file, Span { from, at, len }, 1 << 30, true, &mut progress).map_err(|e| match e {
+            CopyError::Read(source) | CopyError::Kernel(source) => read_err(source),
+            CopyError::Write(source) => ImageError::Write { path: image.clone(), source },
+            CopyError::Ended | CopyError::Stopped => {
+                ImageError::Entry { label: mount.label.clone(), path: path.to_owned(), problem: EntryProblem::Changed }
             }
-            off_in += n as u64;
-            off_out += n as u64;
-            self.progress(n as u64);
-        }
-        Ok(())
-    }
-
-    fn progress(&mut self, n: u64) {
-        let before = self.copied / PROGRESS_STEP;
-        self.copied += n;
-        if self.copied / PROGRESS_STEP > before {
-            info!(staged_mib = self.copied / MIB, "staging job files");
-        }
+        })
     }
 
     /// Sorts every directory, writes the metadata after the data and the

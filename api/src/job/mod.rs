@@ -17,6 +17,7 @@ pub mod archive;
 pub mod cache;
 pub mod collect;
 pub mod compile;
+mod copy;
 pub mod image;
 pub mod spec;
 mod toml_keys;

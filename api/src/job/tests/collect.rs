@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use mvm_wasi::fsimage::{Extent, Inode, Kind, Metadata, Superblock, BLOCK};
+use mvm_wasi::fsimage::{Extent, FormatError, Inode, Kind, Metadata, Superblock, BLOCK};
 
 use super::image::{host_mount, lookup, tree, Decoded};
 use crate::job::collect::{collect_outputs, write_back, CollectError, EntryProblem, Image, OutputFile};
@@ -138,6 +138,10 @@ struct Setup {
 
 /// A rw mount of a [`tree`] at `/data` (mount 1), after an `/out` (mount 0).
 fn setup() -> Setup {
+    setup_with_room(8)
+}
+
+fn setup_with_room(disk_mib: u64) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let host = tmp.path().join("parent/host");
     tree(&host);
@@ -146,7 +150,7 @@ fn setup() -> Setup {
         ImageMount { guest: "/out".into(), read_only: false, source: Source::Empty, label: String::new() },
         host_mount("/data", &host, false),
     ];
-    build_image(&image, &mounts, 8).unwrap();
+    build_image(&image, &mounts, disk_mib).unwrap();
     Setup { tmp, host, image }
 }
 
@@ -399,13 +403,25 @@ fn staging_copies_a_killed_write_back_left_are_found_and_removed() {
     fs::write(stale.join("ro/deep/f"), "x").unwrap();
     fs::set_permissions(stale.join("ro"), fs::Permissions::from_mode(0o500)).unwrap();
     fs::write(tmp.path().join(".host.mvm-fedcba9876543210"), "a file mount's").unwrap();
-    for keep in [".host.mvm-not-a-staging-copy", ".other.mvm-0123456789abcdef", "host.mvm-0123456789abcdef"] {
+    let keep = [
+        ".host.mvm-not-a-staging-copy",
+        ".hosx.mvm-0123456789abcdef",
+        ".other.mvm-0123456789abcdef",
+        "host.mvm-0123456789abcdef",
+    ];
+    for keep in keep {
         fs::write(tmp.path().join(keep), "").unwrap();
     }
     assert_eq!(crate::job::collect::remove_stale_staging(&host), 2);
     assert_eq!(
         names(tmp.path()),
-        [".host.mvm-not-a-staging-copy", ".other.mvm-0123456789abcdef", "host", "host.mvm-0123456789abcdef"]
+        [
+            ".host.mvm-not-a-staging-copy",
+            ".hosx.mvm-0123456789abcdef",
+            ".other.mvm-0123456789abcdef",
+            "host",
+            "host.mvm-0123456789abcdef"
+        ]
     );
 }
 
@@ -429,4 +445,48 @@ fn written_back_by_root_a_users_tree_stays_the_users() {
     }
     let mode = fs::metadata(s.host.join("new.txt")).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o4755, "the bits are set after the owner, which would clear set-user-ID");
+}
+
+#[test]
+fn a_superblock_that_claims_more_than_the_disk_or_too_much_metadata_is_refused() {
+    let s = setup();
+    let blocks = fs::metadata(&s.image).unwrap().len() / BLOCK as u64;
+    let mut g = Guest::open(&s.image);
+    g.total_blocks = blocks + 1;
+    g.close();
+    let e = Image::open(&s.image).err().unwrap();
+    assert!(matches!(e, CollectError::Invalid(FormatError::Size { .. })), "{e}");
+
+    // Metadata of more than 1 GiB, on a (sparse) disk that holds it.
+    let file = fs::OpenOptions::new().write(true).open(&s.image).unwrap();
+    file.set_len(3 << 30).unwrap();
+    let sb = Superblock { total_blocks: (3 << 30) / BLOCK as u64, meta_start: 1, meta_len: (1 << 30) + 1 };
+    file.write_all_at(&sb.encode(), 0).unwrap();
+    let e = Image::open(&s.image).err().unwrap();
+    assert!(matches!(e, CollectError::MetadataTooLarge(len) if len == (1 << 30) + 1), "{e}");
+}
+
+#[test]
+fn a_file_in_several_extents_past_holes_comes_back_byte_for_byte() {
+    let s = setup_with_room(80);
+    let mut g = Guest::open(&s.image);
+    let data = g.dir_of("/data");
+    // Block 0, a hole of two blocks, then more than one copy step (64 MiB)
+    // of data, the file ending inside its last block.
+    let first: Vec<u8> = (0..BLOCK).map(|i| (i % 7) as u8 + 1).collect();
+    let big: Vec<u8> = (0..(64 << 20) + 3 * BLOCK).map(|i| (i % 251) as u8).collect();
+    let mut extents = g.data(&first);
+    let mut second = g.data(&big);
+    second[0].logical = 3;
+    extents.append(&mut second);
+    let size = (3 * BLOCK + big.len() - 100) as u64;
+    g.add(data, "gappy", 1, 0o644, size, Kind::File(extents));
+    g.close();
+    let image = Image::open(&s.image).unwrap();
+    write_back(&image, 1, &s.host, image.size()).unwrap();
+    let back = fs::read(s.host.join("gappy")).unwrap();
+    assert_eq!(back.len() as u64, size);
+    assert_eq!(&back[..BLOCK], &first[..]);
+    assert!(back[BLOCK..3 * BLOCK].iter().all(|&b| b == 0), "the hole reads as zeros");
+    assert!(back[3 * BLOCK..] == big[..big.len() - 100], "the data after the hole, cut at the file's size");
 }
