@@ -49,8 +49,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a WebAssembly (WASI) job described by a job file in its own VM: stream its stdout and
-    /// stderr, collect what it writes under /out, and exit with its status. See README.md for the
-    /// job file format.
+    /// stderr, collect what it writes under /out and write back its rw mounts, and exit with its
+    /// status. See README.md for the job file format.
     ///
     /// The module is compiled ahead of time on this host (Cranelift, wasmtime 48.0.8) before the VM
     /// starts, and its code kept in the compiled-code cache for the next run of the same module.
@@ -125,7 +125,7 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
-    /// Every host file a request names (modules, inputs, outputs, kernels, disks) must be under
+    /// Every host file a request names (modules, inputs, outputs, mounts, kernels, disks) must be under
     /// this directory, symlinks resolved; relative paths in requests are relative to it.
     /// Default: $HOME.
     #[arg(long, value_name = "DIR")]

@@ -47,15 +47,29 @@ fn request(spec: &JobSpec) -> Value {
     }
     guest.insert("timeout_s".into(), json!(spec.timeout.as_secs_f64()));
     let env: Map<String, Value> = spec.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let mut files = Map::new();
+    if let Some(inputs) = &spec.inputs {
+        let inputs: Vec<_> = inputs.iter().map(|p| absolute_file(p).to_string_lossy().into_owned()).collect();
+        files.insert("inputs".into(), json!(inputs));
+    }
+    if let Some(outputs) = &spec.outputs {
+        files.insert("outputs".into(), json!(normalize(outputs).to_string_lossy()));
+    }
+    files.insert("outputs_max_mib".into(), json!(spec.outputs_max_bytes >> 20));
+    if !spec.mounts.is_empty() {
+        let mounts: Vec<Value> = spec
+            .mounts
+            .iter()
+            .map(|m| json!({ "host": m.host.to_string_lossy(), "guest": m.guest, "mode": if m.read_only { "ro" } else { "rw" } }))
+            .collect();
+        files.insert("mounts".into(), Value::Array(mounts));
+    }
+    files.insert("disk_mib".into(), json!(spec.disk_mib));
     let mut body = json!({
         "name": spec.name,
         "guest": guest,
         "run": { "wasm": absolute_file(&spec.wasm).to_string_lossy(), "args": spec.args, "env": env },
-        "files": {
-            "inputs": spec.inputs.iter().map(|p| absolute_file(p).to_string_lossy().into_owned()).collect::<Vec<_>>(),
-            "outputs": normalize(&spec.outputs).to_string_lossy(),
-            "outputs_max_mib": spec.outputs_max_bytes >> 20,
-        },
+        "files": files,
     });
     // A remote job's stdin is a file the daemon opens under its files root;
     // mvm's own stdin is not sent.
@@ -107,6 +121,12 @@ fn report(record: &Value, name: &str, json: bool) -> u8 {
             eprintln!("mvm: job {name} ended: {}", report["end"].as_str().unwrap_or_default());
             if let Some(error) = report["outputs"]["error"].as_str() {
                 eprintln!("mvm: outputs not fully collected: {error}");
+            }
+            for mount in report["mounts"].as_array().into_iter().flatten() {
+                if let Some(error) = mount["error"].as_str() {
+                    let (guest, host) = (mount["guest"].as_str().unwrap_or("?"), mount["host"].as_str().unwrap_or("?"));
+                    eprintln!("mvm: mount {guest} not written back to {host}: {error}");
+                }
             }
         }
         return status.unwrap_or(status::MVM_ERROR);

@@ -3,14 +3,17 @@
 //! The job file is checked before anything else; the module is compiled
 //! ahead of time (or its code taken from the cache) before anything is
 //! staged, so that a bad module leaves nothing behind; the compiled code,
-//! arguments, environment and input files are staged into a job disk image
-//! and an empty output disk image in a private temporary directory (removed
-//! when mvm ends); the builtin guest runs the module with its stdout and stderr on two
-//! virtio consoles streamed live to mvm's own, and its stdin on the first
-//! console's receive queue, read from `[run] stdin`'s file or else from
-//! mvm's own stdin as the job consumes it; what the job wrote under /out
-//! is unpacked, as hostile input, into the job's output directory. One line
-//! on stderr says why the job ended (`--json`: a JSON object instead).
+//! arguments, environment and preopened directories are staged into a job
+//! disk image, and the job's files (its mounts and room to write) into a
+//! filesystem disk image, in a private temporary directory (removed when
+//! mvm ends); the builtin guest runs the module with its stdout and stderr
+//! on two virtio consoles streamed live to mvm's own, and its stdin on the
+//! first console's receive queue, read from `[run] stdin`'s file or else
+//! from mvm's own stdin as the job consumes it; after an `exit` or a
+//! `trap`, the filesystem disk is read back as hostile input: what the job
+//! wrote under /out is merged into the job's output directory, and each rw
+//! mount is written back atomically. One line on stderr says why the job
+//! ended (`--json`: a JSON object instead).
 
 use std::fs::File;
 use std::io::Write;
@@ -21,15 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
-use mvm_api::job::{self, Cache, HostLimits, JobSpec, Kernel};
+use mvm_api::job::{self, Cache, CollectError, HostLimits, Image, ImageMount, JobSpec, Kernel, Source};
 use mvm_vmm::power::ExitReason;
 use mvm_vmm::virtio::{ConsoleConfig, ConsoleSink, DiskConfig, NetConfig, NotifyPath};
 use mvm_vmm::{KernelSource, VmConfig, VmEnd};
 
 use crate::status;
 
-/// Room on the output disk beyond the data cap, for ustar headers and padding.
-const OUTPUT_HEADROOM: u64 = 4 << 20;
 /// How much of the guest's diagnostic console (COM1) is kept for a report.
 const DIAGNOSTICS_MAX: usize = 64 * 1024;
 
@@ -38,7 +39,7 @@ struct Ending {
     reason: &'static str,
     line: String,
     status: u8,
-    /// Whether the guest got to write its outputs.
+    /// Whether the guest got to write its files back (outputs and rw mounts).
     outputs: bool,
 }
 
@@ -97,10 +98,62 @@ fn ending(end: &VmEnd, memory_mib: u64) -> Ending {
     }
 }
 
-/// The size of the output disk for outputs of at most `max_bytes`: room for
-/// the archive's headers and padding beyond the data.
-fn output_image_bytes(max_bytes: u64) -> u64 {
-    max_bytes + OUTPUT_HEADROOM
+/// What came back from the filesystem disk.
+#[derive(Debug, Default, PartialEq)]
+struct Collected {
+    /// Under the outputs directory.
+    files: Vec<String>,
+    bytes: u64,
+    /// Why /out was not (fully) collected, or the image could not be read.
+    output_error: Option<String>,
+    /// Each rw mount: its guest and host paths, and why it was not written
+    /// back (the host tree is then as it was).
+    mounts: Vec<(String, PathBuf, Option<String>)>,
+}
+
+impl Collected {
+    fn failed(&self) -> bool {
+        self.output_error.is_some() || self.mounts.iter().any(|m| m.2.is_some())
+    }
+}
+
+/// Reads the filesystem disk back: /out merged into the outputs directory,
+/// each rw mount written back. An image the guest left invalid is the
+/// outputs error, and no rw mount is touched.
+fn collect(image: &Path, spec: &JobSpec, mounts: &[ImageMount]) -> Collected {
+    // With its causes: "cannot write DIR" alone does not say why.
+    let chain = |e: CollectError| format!("{:#}", anyhow::Error::from(e));
+    let mut collected = Collected::default();
+    let rw_mounts = mounts.iter().enumerate().filter_map(|(i, m)| match &m.source {
+        Source::Dir(host) | Source::File(host) if !m.read_only => Some((i as u32, m, host)),
+        _ => None,
+    });
+    let image = match Image::open(image) {
+        Ok(image) => image,
+        Err(e) => {
+            collected.output_error = Some(chain(e));
+            for (_, m, host) in rw_mounts {
+                let why = "not written back: the filesystem image is invalid".to_owned();
+                collected.mounts.push((m.guest.clone(), host.clone(), Some(why)));
+            }
+            return collected;
+        }
+    };
+    let out = mounts.iter().position(|m| m.source == Source::Empty);
+    if let (Some(index), Some(dest)) = (out, &spec.outputs) {
+        match job::collect_outputs(&image, index as u32, dest, spec.outputs_max_bytes) {
+            Ok(summary) => {
+                collected.files = summary.files.iter().map(|f| f.path.display().to_string()).collect();
+                collected.bytes = summary.bytes;
+            }
+            Err(e) => collected.output_error = Some(chain(e)),
+        }
+    }
+    for (index, m, host) in rw_mounts {
+        let result = job::write_back(&image, index, host, image.size());
+        collected.mounts.push((m.guest.clone(), host.clone(), result.err().map(chain)));
+    }
+    collected
 }
 
 /// The guest's COM1 output, kept (the first 64 KiB) for when a job fails.
@@ -146,6 +199,8 @@ fn remove_on_signal(dir: PathBuf) -> anyhow::Result<()> {
             if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
                 return;
             }
+            // A write-back in progress removes its staging copy first.
+            job::collect::interrupt();
             let _ = std::fs::remove_dir_all(&dir);
             eprintln!("mvm: interrupted (signal {signal}): the job's VM was stopped and its staged files removed");
             std::process::exit(128 + signal);
@@ -195,9 +250,11 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>)
     remove_on_signal(work.path().to_path_buf())?;
     let module = job::compile::prepare(&spec.wasm, spec.memory_mib, cache)?;
     let job_image = work.path().join("job.img");
-    let out_image = work.path().join("out.img");
-    job::write_input_image(&job_image, module, &spec.argv(), &spec.env, &spec.inputs)?;
-    job::create_output_image(&out_image, output_image_bytes(spec.outputs_max_bytes))?;
+    let fs_image = work.path().join("fs.img");
+    let mounts = job::image::mounts(&spec);
+    let preopens = job::image::preopens(&mounts);
+    job::write_input_image(&job_image, module, &spec.argv(), &spec.env, &preopens)?;
+    job::build_image(&fs_image, &mounts, spec.disk_mib)?;
 
     let mut cmdline = String::from("mvm.job=1");
     let nets = match &spec.network {
@@ -225,7 +282,7 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>)
         kvm_path,
         disks: vec![
             DiskConfig { path: job_image, read_only: true, serial: Some("mvm-job".into()) },
-            DiskConfig { path: out_image.clone(), read_only: false, serial: Some("mvm-out".into()) },
+            DiskConfig { path: fs_image.clone(), read_only: false, serial: Some("mvm-fs".into()) },
         ],
         nets,
         cpu_quota: spec.cpu_quota,
@@ -241,24 +298,13 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>)
     let elapsed = started.elapsed();
     let ending = ending(&end, spec.memory_mib);
 
-    let outputs = if ending.outputs {
-        Some(job::extract_outputs(&out_image, &spec.outputs, spec.outputs_max_bytes))
-    } else {
-        None
-    };
+    let collected = if ending.outputs { collect(&fs_image, &spec, &mounts) } else { Collected::default() };
     if ending.shows_console() {
         let kept = diagnostics.0.lock().unwrap_or_else(|p| p.into_inner());
         eprintln!("mvm: the guest's console:\n{}", String::from_utf8_lossy(&kept));
     }
-    let (files, bytes, output_error) = match outputs {
-        Some(Ok(summary)) => {
-            (summary.files.iter().map(|f| f.path.display().to_string()).collect(), summary.bytes, None)
-        }
-        // With its causes: "cannot write DIR" alone does not say why.
-        Some(Err(err)) => (Vec::new(), 0, Some(format!("{:#}", anyhow::Error::from(err)))),
-        None => (Vec::new(), 0, None),
-    };
-    let status = ending.exit_status(output_error.is_some());
+    let status = ending.exit_status(collected.failed());
+    let Collected { files, bytes, output_error, mounts: written_back } = collected;
     if json {
         let report = serde_json::json!({
             "job": spec.name,
@@ -268,12 +314,20 @@ pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>)
             "end": ending.line,
             "elapsed_s": elapsed.as_secs_f64(),
             "outputs": { "dir": spec.outputs, "files": files, "bytes": bytes, "error": output_error },
+            "mounts": written_back.iter().map(|(guest, host, error)| {
+                serde_json::json!({ "guest": guest, "host": host, "error": error })
+            }).collect::<Vec<_>>(),
         });
         eprintln!("{report}");
     } else {
         eprintln!("mvm: job {} ended: {}", spec.name, ending.line);
         if let Some(err) = &output_error {
             eprintln!("mvm: outputs not fully collected: {err}");
+        }
+        for (guest, host, error) in &written_back {
+            if let Some(err) = error {
+                eprintln!("mvm: mount {guest} not written back to {}: {err}", host.display());
+            }
         }
     }
     Ok(status)
@@ -346,17 +400,6 @@ mod tests {
     }
 
     #[test]
-    fn the_output_disk_holds_an_archive_of_outputs_up_to_the_cap() {
-        const MIB: u64 = 1 << 20;
-        // One file of the whole cap: its header, padding and the end blocks.
-        assert!(output_image_bytes(MIB) >= MIB + 512 + 511 + 1024);
-        // Or the cap in 1,000 files, each with its header and padding.
-        assert!(output_image_bytes(64 * MIB) >= 64 * MIB + 1000 * (512 + 511) + 1024);
-        // The image is sparse, but its size is what the guest may fill.
-        assert!(output_image_bytes(64 * MIB) <= 72 * MIB);
-    }
-
-    #[test]
     fn diagnostics_keep_the_first_64_kib_and_take_everything() {
         let mut console = Diagnostics::default();
         assert_eq!(console.write(&[b'a'; 60 << 10]).unwrap(), 60 << 10);
@@ -412,6 +455,35 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         let err = job_stdin(&spec, own()).unwrap_err();
         assert!(format!("{err:#}").starts_with("run.stdin: not a regular file: "), "{err:#}");
+    }
+
+    #[test]
+    fn an_image_the_guest_left_invalid_is_the_outputs_error_and_no_mount_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wat"), "(module)").unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/f"), "before").unwrap();
+        let toml = "[run]\nwasm = \"m.wat\"\n[files]\noutputs = \"out\"\ndisk_mib = 1\n\
+                    [[files.mount]]\nhost = \"data\"\nguest = \"/data\"\nmode = \"rw\"\n";
+        std::fs::write(dir.path().join("job.toml"), toml).unwrap();
+        let spec = JobSpec::load(&dir.path().join("job.toml"), &HostLimits { memory_mib: 1024, cpus: 1 }).unwrap();
+        let mounts = job::image::mounts(&spec);
+        let image = dir.path().join("fs.img");
+        job::build_image(&image, &mounts, spec.disk_mib).unwrap();
+
+        let collected = collect(&image, &spec, &mounts);
+        let host = dir.path().canonicalize().unwrap().join("data");
+        assert_eq!(collected, Collected { mounts: vec![("/data".into(), host.clone(), None)], ..Collected::default() });
+        assert!(!collected.failed());
+        assert_eq!(std::fs::read(host.join("f")).unwrap(), b"before", "an unchanged tree comes back unchanged");
+
+        std::fs::write(&image, [0xa5u8; 8192]).unwrap();
+        let collected = collect(&image, &spec, &mounts);
+        assert!(collected.failed());
+        let error = collected.output_error.as_deref().unwrap();
+        assert!(error.starts_with("the filesystem image the job left is invalid"), "{error}");
+        assert_eq!(collected.mounts[0].2.as_deref(), Some("not written back: the filesystem image is invalid"));
+        assert_eq!(std::fs::read(host.join("f")).unwrap(), b"before");
     }
 
     #[test]

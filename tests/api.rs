@@ -464,6 +464,17 @@ fn bad_requests_get_4xx_naming_the_field_and_create_nothing() {
         (json!({ "run": wasm, "guest": { "timeout_s": 0 } }), 400, "guest.timeout_s"),
         (json!({ "run": wasm, "files": { "inputs": [outside.path()] } }), 403, "files.inputs[0]"),
         (json!({ "run": wasm, "files": { "outputs": "/etc/mvm-out" } }), 403, "files.outputs"),
+        (
+            json!({ "run": wasm, "files": { "mounts": [{ "host": "/etc", "guest": "/etc" }] } }),
+            403,
+            "files.mounts[0].host",
+        ),
+        (
+            json!({ "run": wasm, "files": { "mounts": [{ "host": "hello", "guest": "etc" }] } }),
+            400,
+            "files.mounts[0].guest",
+        ),
+        (json!({ "run": wasm, "files": { "disk_mib": 0 } }), 400, "files.disk_mib"),
         (json!({ "run": { "wasm": "missing.wat" } }), 400, "run.wasm"),
     ];
     for (body, status, field) in cases {

@@ -311,8 +311,8 @@ fn outputs_are_collected_after_a_trap() {
 #[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
 fn outputs_over_outputs_max_mib_are_refused_and_mvm_exits_125() {
     common::require_kvm();
-    // 2 MiB against a 1 MiB cap; the output disk has room for it (the cap
-    // plus headroom), so it is mvm's check on the host that refuses it.
+    // 2 MiB against a 1 MiB cap; the job's disk has room for it (disk_mib),
+    // so it is mvm's check on the host that refuses it.
     let module = writes_one_output("big.bin", "", 2 << 20, "");
     let dir = job_dir(
         "name = \"t\"\n[guest]\nmemory_mib = 32\n[run]\nwasm = \"m.wat\"\n[files]\noutputs_max_mib = 1\n",
@@ -326,7 +326,7 @@ fn outputs_over_outputs_max_mib_are_refused_and_mvm_exits_125() {
     assert!(!dir.path().join("out/big.bin").exists(), "nothing over the cap is written");
 
     // The same job under a 2 MiB cap brings its 2 MiB back: exactly the cap
-    // is allowed, and the output disk has room for it.
+    // is allowed.
     std::fs::write(
         dir.path().join("job.toml"),
         "name = \"t\"\n[guest]\nmemory_mib = 32\n[run]\nwasm = \"m.wat\"\n[files]\noutputs_max_mib = 2\n",

@@ -5,26 +5,29 @@
 //!   exists.
 //! - [`compile`]: the module read, checked and compiled ahead of time with
 //!   Cranelift, or its code taken from the [`cache`] of earlier compilations.
-//! - [`archive`]: the input image (compiled module, argv, environment and
-//!   input files as a ustar archive on a raw virtio-blk disk).
-//! - [`extract`]: the output image the guest wrote, read as hostile input and
-//!   unpacked into the job's output directory.
-//!
-//! Both images are plain POSIX ustar archives at offset 0 of a raw disk image
-//! (no GNU or PAX extensions), because the guest parses ustar headers itself.
+//! - [`archive`]: the job disk (compiled module, argv, environment and the
+//!   preopened directories, as a ustar archive on a raw virtio-blk disk).
+//! - [`image`]: the filesystem disk, everything the job sees under `/`
+//!   (its mounts and room to write), built from the host trees.
+//! - [`collect`]: the filesystem disk read back as hostile input after the
+//!   job: `/out` merged into the outputs directory, rw mounts written back
+//!   atomically.
 
 pub mod archive;
 pub mod cache;
+pub mod collect;
 pub mod compile;
-pub mod extract;
+mod copy;
+pub mod image;
 pub mod spec;
 mod toml_keys;
 
-pub use archive::{create_output_image, write_input_image, ArchiveError, EntryProblem, HeaderProblem};
+pub use archive::{write_input_image, ArchiveError};
 pub use cache::{Cache, CacheError};
+pub use collect::{collect_outputs, write_back, CollectError, Image, OutputFile, OutputSummary, WriteBackSummary};
 pub use compile::{CompileError, CompiledModule};
-pub use extract::{extract_outputs, OutputFile, OutputSummary};
-pub use spec::{HostLimits, IpCidr, JobSpec, Kernel, NetworkSpec, Problem, SpecError};
+pub use image::{build_image, ImageError, ImageMount, ImageSummary, Source};
+pub use spec::{HostLimits, IpCidr, JobSpec, Kernel, MountSpec, NetworkSpec, Problem, SpecError};
 
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tracing::warn;
 
-use super::archive::MAX_INPUT_NAME;
+use mvm_wasi::fsimage::NAME_MAX;
+
 use super::toml_keys::{join_key, KeyIndex, Lines, Spot};
 
 pub const DEFAULT_MEMORY_MIB: u64 = 64;
@@ -33,6 +34,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_OUTPUTS: &str = "out/";
 pub const DEFAULT_OUTPUTS_MAX_MIB: u64 = 64;
 pub const MAX_OUTPUTS_MAX_MIB: u64 = 4096;
+/// The room a job may write into on its filesystem disk.
+pub const DEFAULT_DISK_MIB: u64 = 1024;
+/// 1 TiB: the disk is a sparse file, but its size is what the guest may fill.
+pub const MAX_DISK_MIB: u64 = 1 << 20;
+/// The guest paths of the `inputs` and `outputs` shorthands.
+pub const IN_DIR: &str = "/in";
+pub const OUT_DIR: &str = "/out";
 /// Job names end up in API paths and file names, so they stay short and plain.
 pub const MAX_NAME_LEN: usize = 64;
 /// Linux's IFNAMSIZ, less the terminating NUL.
@@ -83,6 +91,17 @@ pub struct RawFiles {
     pub inputs: Option<Vec<String>>,
     pub outputs: Option<String>,
     pub outputs_max_mib: Option<i64>,
+    /// `[[files.mount]]`: an array of tables, hence the singular.
+    pub mount: Option<Vec<RawMount>>,
+    pub disk_mib: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    pub host: Option<String>,
+    pub guest: Option<String>,
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -116,12 +135,42 @@ pub struct JobSpec {
     /// The file the job reads as its stdin; `None`: `mvm up`'s own stdin.
     pub stdin: Option<PathBuf>,
     /// Each seen in the guest as `/in/<file name>`; file names are unique.
-    pub inputs: Vec<PathBuf>,
+    /// `None`: the job has no `/in` (it has mounts and no `inputs`).
+    pub inputs: Option<Vec<PathBuf>>,
     /// Where the job's `/out` comes back. Not created by validation.
-    pub outputs: PathBuf,
+    /// `None`: the job has no `/out` (it has mounts and no `outputs`).
+    pub outputs: Option<PathBuf>,
     pub outputs_max_bytes: u64,
+    /// `[[files.mount]]`, in file order.
+    pub mounts: Vec<MountSpec>,
+    /// Free room on the filesystem disk beyond its initial contents.
+    pub disk_mib: u64,
     /// `Some` only when the network is enabled.
     pub network: Option<NetworkSpec>,
+}
+
+/// One `[[files.mount]]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// Canonical (symlinks resolved), so that overlaps can be compared and
+    /// a rw mount's write-back lands where the job file meant.
+    pub host: PathBuf,
+    /// Absolute and normalized: `/`, or `/a/b` with no empty, `.` or `..`
+    /// component.
+    pub guest: String,
+    pub read_only: bool,
+    /// A directory (taken recursively) or a regular file.
+    pub is_dir: bool,
+    /// `files.mount[N]` and where it is, for errors found while staging.
+    pub key: String,
+    pub at: Location,
+}
+
+impl MountSpec {
+    /// `job.toml:LINE: files.mount[N]`.
+    pub fn label(&self) -> String {
+        format!("{}: {}", self.at, self.key)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,8 +318,28 @@ pub enum Problem {
     NotADirectory(PathBuf),
     #[error("has no file name: {0:?}")]
     NoFileName(String),
-    #[error("file name {name:?} is longer than {MAX_INPUT_NAME} bytes")]
-    InputNameTooLong { name: String },
+    #[error("not a directory or regular file: {}", .0.display())]
+    NotDirOrFile(PathBuf),
+    #[error(
+        "must be an absolute path with no empty, '.' or '..' component, each at most {NAME_MAX} bytes (got {0:?})"
+    )]
+    BadGuestPath(String),
+    #[error("must be \"ro\" or \"rw\" (got {0:?})")]
+    BadMode(String),
+    #[error("a mount at / must be a directory, not the file {}", .0.display())]
+    RootNotDir(PathBuf),
+    #[error("guest path {guest} is also {other}'s")]
+    DuplicateGuest { guest: String, other: String },
+    /// `outer`: the rw mount's guest path and key, as `/a (files.mount[0])`.
+    #[error("guest path {guest} lies inside rw mount {outer}; mounts may nest only inside ro mounts")]
+    InsideRwMount { guest: String, outer: String },
+    /// `other`: the other key and its host path, as `files.mount[0]'s /a`.
+    #[error("host path {} overlaps {other}; a tree may be mounted twice only when every use is ro", .path.display())]
+    HostOverlap { path: PathBuf, other: String },
+    #[error("{} is a mount point: a rw mount is swapped into place by a rename, so it must be on its parent directory's filesystem; mount a directory inside it", .0.display())]
+    MountPoint(PathBuf),
+    #[error("cannot write {} ({kind}): a rw mount needs write access to it and to its parent directory, where its new contents are staged", .path.display())]
+    NotWritable { path: PathBuf, kind: io::ErrorKind },
     #[error("file name {name:?} is also used by {other}; both would be /in/{name}")]
     DuplicateInput { name: String, other: String },
     #[error("is required when network.enabled is true")]
@@ -453,11 +522,25 @@ impl Resolver<'_> {
         }
         let stdin = raw.run.stdin.map(|path| self.existing_file("run.stdin", &path)).transpose()?;
 
-        let inputs = self.inputs(raw.files.inputs.unwrap_or_default())?;
-        let outputs = self.outputs(raw.files.outputs.as_deref().unwrap_or(DEFAULT_OUTPUTS))?;
-        let max_mib = raw.files.outputs_max_mib;
+        let files = raw.files;
+        let mounts = self.mounts(files.mount.unwrap_or_default())?;
+        // Without mounts, /in and /out exist as they always have; with
+        // mounts, only the shorthands the file gives.
+        let inputs = match files.inputs {
+            Some(inputs) => Some(self.inputs(inputs)?),
+            None if mounts.is_empty() => Some(Vec::new()),
+            None => None,
+        };
+        let outputs = match files.outputs.as_deref() {
+            Some(outputs) => Some(self.outputs(outputs)?),
+            None if mounts.is_empty() => Some(self.outputs(DEFAULT_OUTPUTS)?),
+            None => None,
+        };
+        self.check_tree(&mounts, inputs.is_some(), outputs.as_deref())?;
+        let max_mib = files.outputs_max_mib;
         let outputs_max_mib =
             self.int("files.outputs_max_mib", max_mib, DEFAULT_OUTPUTS_MAX_MIB, 1, MAX_OUTPUTS_MAX_MIB)?;
+        let disk_mib = self.int("files.disk_mib", files.disk_mib, DEFAULT_DISK_MIB, 1, MAX_DISK_MIB)?;
         let network = self.network(raw.network)?;
 
         Ok(JobSpec {
@@ -475,6 +558,8 @@ impl Resolver<'_> {
             inputs,
             outputs,
             outputs_max_bytes: outputs_max_mib * MIB,
+            mounts,
+            disk_mib,
             network,
         })
     }
@@ -529,9 +614,6 @@ impl Resolver<'_> {
             let Some(name) = Path::new(input).file_name().and_then(|n| n.to_str()) else {
                 return Err(self.invalid(&key, Problem::NoFileName(input.clone())));
             };
-            if name.len() > MAX_INPUT_NAME {
-                return Err(self.invalid(&key, Problem::InputNameTooLong { name: name.to_owned() }));
-            }
             if let Some(first) = by_name.insert(name.to_owned(), i) {
                 let problem =
                     Problem::DuplicateInput { name: name.to_owned(), other: format!("files.inputs[{first}]") };
@@ -548,6 +630,114 @@ impl Resolver<'_> {
             Ok(meta) if !meta.is_dir() => Err(self.invalid("files.outputs", Problem::NotADirectory(path))),
             _ => Ok(path),
         }
+    }
+
+    /// Each `[[files.mount]]` on its own: paths, mode, access.
+    fn mounts(&self, raw: Vec<RawMount>) -> Result<Vec<MountSpec>, SpecError> {
+        let mut mounts = Vec::with_capacity(raw.len());
+        for (i, mount) in raw.into_iter().enumerate() {
+            let key = format!("files.mount[{i}]");
+            let host_key = format!("{key}.host");
+            let guest_key = format!("{key}.guest");
+            let Some(host) = mount.host else {
+                return Err(self.invalid_near(&host_key, &key, Problem::Required));
+            };
+            let path = self.path(&host_key, &host)?;
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(self.invalid(&host_key, Problem::NoSuchFile(path)))
+                }
+                Err(e) => return Err(self.invalid(&host_key, Problem::Inaccessible { path, kind: e.kind() })),
+            };
+            if !meta.is_dir() && !meta.is_file() {
+                return Err(self.invalid(&host_key, Problem::NotDirOrFile(path)));
+            }
+            let host = std::fs::canonicalize(&path)
+                .map_err(|e| self.invalid(&host_key, Problem::Inaccessible { path: path.clone(), kind: e.kind() }))?;
+            let Some(guest) = mount.guest else {
+                return Err(self.invalid_near(&guest_key, &key, Problem::Required));
+            };
+            if !valid_guest_path(&guest) {
+                return Err(self.invalid(&guest_key, Problem::BadGuestPath(guest)));
+            }
+            if guest == "/" && !meta.is_dir() {
+                return Err(self.invalid(&host_key, Problem::RootNotDir(host)));
+            }
+            let read_only = match mount.mode.as_deref() {
+                None | Some("ro") => true,
+                Some("rw") => false,
+                Some(other) => return Err(self.invalid(&format!("{key}.mode"), Problem::BadMode(other.to_owned()))),
+            };
+            if !read_only {
+                self.writable(&host_key, &host)?;
+            }
+            let at = Location { file: self.file.to_owned(), line: self.keys.line_of(&key) };
+            mounts.push(MountSpec { host, guest, read_only, is_dir: meta.is_dir(), key, at });
+        }
+        Ok(mounts)
+    }
+
+    /// A rw mount is written back by building its new contents beside it
+    /// and swapping them in, so both it and its parent must be writable.
+    /// The swap is a rename, so the two must also be on one filesystem.
+    fn writable(&self, key: &str, host: &Path) -> Result<(), SpecError> {
+        let parent = host.parent().unwrap_or(host);
+        for path in [host, parent] {
+            if let Err(e) = rustix::fs::access(path, rustix::fs::Access::WRITE_OK) {
+                let problem = Problem::NotWritable { path: path.to_owned(), kind: io::Error::from(e).kind() };
+                return Err(self.invalid(key, problem));
+            }
+        }
+        let dev = |path: &Path| {
+            std::fs::metadata(path)
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+                .map_err(|e| self.invalid(key, Problem::Inaccessible { path: path.to_owned(), kind: e.kind() }))
+        };
+        if host != parent && dev(host)? != dev(parent)? {
+            return Err(self.invalid(key, Problem::MountPoint(host.to_owned())));
+        }
+        Ok(())
+    }
+
+    /// The mounts together with the shorthands: no two at one guest path,
+    /// none inside a rw one, no host tree shared with a rw one.
+    fn check_tree(&self, mounts: &[MountSpec], inputs: bool, outputs: Option<&Path>) -> Result<(), SpecError> {
+        // (key, guest path, read-only, host path) of everything in the tree.
+        let mut all: Vec<(String, &str, bool, Option<PathBuf>)> = Vec::new();
+        if inputs {
+            all.push(("files.inputs".into(), IN_DIR, true, None));
+        }
+        if let Some(outputs) = outputs {
+            // The outputs directory may not exist yet: compare its nearest
+            // existing ancestor's real path, with the rest appended.
+            all.push(("files.outputs".into(), OUT_DIR, false, Some(real_path(outputs))));
+        }
+        all.extend(mounts.iter().map(|m| (m.key.clone(), m.guest.as_str(), m.read_only, Some(m.host.clone()))));
+        for (i, (key, guest, read_only, host)) in all.iter().enumerate() {
+            let guest_key = if key.starts_with("files.mount") { format!("{key}.guest") } else { key.clone() };
+            for (other_key, other_guest, other_ro, other_host) in &all[..i] {
+                if guest == other_guest {
+                    let problem = Problem::DuplicateGuest { guest: guest.to_string(), other: other_key.clone() };
+                    return Err(self.invalid(&guest_key, problem));
+                }
+                let (Some(host), Some(other_host)) = (host, other_host) else { continue };
+                if (!read_only || !other_ro) && (host.starts_with(other_host) || other_host.starts_with(host)) {
+                    let host_key = if key.starts_with("files.mount") { format!("{key}.host") } else { key.clone() };
+                    let other = format!("{other_key}'s {}", other_host.display());
+                    let problem = Problem::HostOverlap { path: host.clone(), other };
+                    return Err(self.invalid(&host_key, problem));
+                }
+            }
+            for (other_key, other_guest, other_ro, _) in &all {
+                if !other_ro && guest_inside(guest, other_guest) {
+                    let outer = format!("{other_guest} ({other_key})");
+                    let problem = Problem::InsideRwMount { guest: guest.to_string(), outer };
+                    return Err(self.invalid(&guest_key, problem));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The network fields are checked even when it is disabled, so that a
@@ -584,6 +774,35 @@ fn parse_cidr(s: &str) -> Option<IpCidr> {
     let prefix_len: u8 = prefix.parse().ok()?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     (prefix_len <= max).then_some(IpCidr { addr, prefix_len })
+}
+
+/// `/`, or `/a/b`: absolute, with no empty, `.` or `..` component, each a
+/// name the job filesystem can hold.
+pub(crate) fn valid_guest_path(path: &str) -> bool {
+    path == "/" || path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(mvm_wasi::fsimage::valid_name))
+}
+
+/// Whether guest path `inner` lies strictly beneath `outer`.
+pub(crate) fn guest_inside(inner: &str, outer: &str) -> bool {
+    inner != outer && (outer == "/" || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// `path` with symlinks resolved as far as it exists, the rest appended.
+fn real_path(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p: PathBuf, name| p.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return path.to_owned(),
+        }
+    }
 }
 
 fn name_char(c: char) -> bool {

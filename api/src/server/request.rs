@@ -101,7 +101,8 @@ pub fn default_outputs(state_dir: &Path, id: &str) -> PathBuf {
 /// A `POST /v1/jobs` body, checked.
 pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Launch, ApiError> {
     let mut obj = parse_body(body)?;
-    let raw: RawJob = typed(&obj)?;
+    rename_mounts(&mut obj, TOML_MOUNTS)?;
+    let raw: RawJob = typed(&obj).map_err(api_field)?;
     strip_nulls(&mut obj);
 
     let run = section(&mut obj, "run");
@@ -119,11 +120,25 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
         }
         files.insert("inputs".into(), Value::Array(confined));
     }
+    if let Some(mounts) = files.get_mut(TOML_MOUNTS).and_then(Value::as_array_mut) {
+        for (i, mount) in mounts.iter_mut().enumerate() {
+            let Some(mount) = mount.as_object_mut() else { continue };
+            if let Some(host) = mount.get("host").and_then(Value::as_str) {
+                let host = ctx.confine(&format!("{API_MOUNTS}[{i}].host"), host, false)?;
+                mount.insert("host".into(), path_value(&host));
+            }
+        }
+    }
+    // With mounts, /out exists only when asked for, as in a job file.
+    let has_mounts = raw.files.mount.as_ref().is_some_and(|m| !m.is_empty());
     let outputs = match &raw.files.outputs {
-        Some(dir) => ctx.confine("files.outputs", dir, false)?,
-        None => default_outputs(&ctx.state_dir, id),
+        Some(dir) => Some(ctx.confine("files.outputs", dir, false)?),
+        None if has_mounts => None,
+        None => Some(default_outputs(&ctx.state_dir, id)),
     };
-    files.insert("outputs".into(), path_value(&outputs));
+    if let Some(outputs) = &outputs {
+        files.insert("outputs".into(), path_value(outputs));
+    }
     if raw.name.is_none() {
         obj.insert("name".into(), json!(default_name(raw.run.wasm.as_deref())));
     }
@@ -141,11 +156,15 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
         toml::to_string(&job_file_fields).map_err(|e| ApiError::internal(format!("cannot write the job file: {e}")))?;
     // The directory only anchors relative paths, and there are none left.
     let anchor = ctx.state_dir.join("jobs").join("job.toml");
-    let spec = JobSpec::parse(&toml, &anchor, &ctx.host).map_err(|e| match e {
-        SpecError::Invalid { key, problem, .. } => ApiError::field(&key, problem),
-        SpecError::UnknownKey { key, .. } => ApiError::field(&key, "unknown field"),
-        other => ApiError::internal(other),
-    })?;
+    let spec = JobSpec::parse(&toml, &anchor, &ctx.host)
+        .map_err(|e| match e {
+            SpecError::Invalid { key, problem, .. } => ApiError::field(&key, problem),
+            SpecError::UnknownKey { key, .. } => ApiError::field(&key, "unknown field"),
+            other => ApiError::internal(other),
+        })
+        .map_err(api_field)?;
+    // The record shows the request's own field name.
+    rename_mounts(&mut obj, API_MOUNTS)?;
     let limits = Limits {
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,
@@ -155,7 +174,7 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
     };
     let job_file = machine_dir(&ctx.state_dir, id).join("job.toml");
     Ok(Launch {
-        record: new_record(id, Kind::Job, spec.name, Value::Object(obj), limits, Some(spec.outputs), now),
+        record: new_record(id, Kind::Job, spec.name, Value::Object(obj), limits, spec.outputs, now),
         job_toml: Some(toml),
         args: vec![
             "up".into(),
@@ -166,6 +185,40 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
         ],
         stdin,
     })
+}
+
+/// `[[files.mount]]` in a job file (an array of tables, one per mount) is
+/// `files.mounts` (an array) in a request.
+const TOML_MOUNTS: &str = "mount";
+const API_MOUNTS: &str = "files.mounts";
+
+/// Renames the `files` object's mounts field to `to`: to the job file's
+/// `mount` before checking, back to `mounts` for the record. The other name
+/// is refused as unknown, so each form has one spelling.
+fn rename_mounts(obj: &mut Map<String, Value>, to: &str) -> Result<(), ApiError> {
+    let Some(Value::Object(files)) = obj.get_mut("files") else { return Ok(()) };
+    let (from, to) = if to == TOML_MOUNTS { ("mounts", TOML_MOUNTS) } else { (TOML_MOUNTS, "mounts") };
+    if to == TOML_MOUNTS && files.contains_key(TOML_MOUNTS) {
+        return Err(ApiError::field("files.mount", "unknown field `mount`, expected `mounts`"));
+    }
+    if let Some(mounts) = files.remove(from) {
+        files.insert(to.into(), mounts);
+    }
+    Ok(())
+}
+
+/// An error in the job file's terms (`files.mount[N]...`, in the field
+/// and in the message, which may name another mount) in the request's
+/// (`files.mounts[N]...`).
+fn api_field(mut e: ApiError) -> ApiError {
+    // The job file's own names never hold `files.mounts`, so nothing is
+    // renamed twice.
+    let rename = |s: &str| s.replace("files.mount[", "files.mounts[");
+    if e.field.as_deref().is_some_and(|f| f.starts_with("files.mount[")) {
+        e.field = e.field.as_deref().map(rename);
+        e.error = rename(&e.error);
+    }
+    e
 }
 
 /// A `POST /v1/vms` body: the options of `mvm boot`.

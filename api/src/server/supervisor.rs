@@ -439,6 +439,9 @@ fn reap(shared: &Shared, pid: i32) {
         rss_kib: None,
     };
     let shutdown = shared.shutting_down.load(Ordering::SeqCst);
+    if libc::WIFSIGNALED(status) {
+        remove_write_back_staging(shared, &id);
+    }
     let end = ending(proc.kind, &dir.join("stderr.log"), status, proc.kill_requested, shutdown, usage);
     info!(%id, pid, state = %end.state, reason = %end.exit.reason, "ended");
     if let Err(e) = shared.store.finish(&id, &end) {
@@ -556,6 +559,24 @@ fn proc_usage(pid: i32) -> Option<Usage> {
         status.lines().find_map(|l| l.strip_prefix(key))?.trim().strip_suffix("kB")?.trim().parse().ok()
     };
     Some(Usage { cpu_s: cpu as f64 / ticks, max_rss_kib: kib("VmHWM:").unwrap_or(0), rss_kib: kib("VmRSS:") })
+}
+
+/// Removes the staging copies a job killed while writing back its rw
+/// mounts left beside them (their host trees are whole: only ever swapped).
+fn remove_write_back_staging(shared: &Shared, id: &str) {
+    let Ok(Some(record)) = shared.store.get(id) else { return };
+    let mounts = record.spec.pointer("/files/mounts").and_then(Value::as_array).cloned().unwrap_or_default();
+    for mount in mounts {
+        if mount.get("mode").and_then(Value::as_str) != Some("rw") {
+            continue;
+        }
+        if let Some(host) = mount.get("host").and_then(Value::as_str) {
+            let removed = crate::job::collect::remove_stale_staging(Path::new(host));
+            if removed > 0 {
+                info!(%id, host, removed, "removed staging copies of a killed job's write-back");
+            }
+        }
+    }
 }
 
 /// Removes what a killed `mvm up` left staged in its TMPDIR.
@@ -879,6 +900,22 @@ exit 99
         assert!(!supervisor.is_live("a") && supervisor.running() == 1);
         assert!(!staged(&machine_dir(&state, "a")), "a killed job's staged images are removed");
         assert_eq!(supervisor.control(&killed, Action::Resume).unwrap_err().status, StatusCode::CONFLICT);
+
+        // A job killed while writing back a rw mount: its staging copy goes,
+        // the tree stays.
+        let tree = tmp.path().join("rw-tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("kept"), "k").unwrap();
+        let staging = tmp.path().join(".rw-tree.mvm-0123456789abcdef");
+        std::fs::create_dir(&staging).unwrap();
+        let mut writing = launch("e", &["stage"], None);
+        writing.record.spec =
+            serde_json::json!({ "files": { "mounts": [{ "host": tree, "guest": "/rw", "mode": "rw" }] } });
+        let writing = runtime.block_on(supervisor.launch(writing)).unwrap();
+        supervisor.control(&writing, Action::Kill).unwrap();
+        wait_until("the killed writer's end is recorded", || record_of(&store, "e").state.ended());
+        assert!(!staging.exists(), "the staging copy is removed");
+        assert_eq!(std::fs::read(tree.join("kept")).unwrap(), b"k");
 
         let outputs = tmp.path().join("outputs-d");
         std::fs::create_dir(&outputs).unwrap();

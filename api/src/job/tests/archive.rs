@@ -1,9 +1,9 @@
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::job::cache::{Cache, Key};
-use crate::job::{create_output_image, extract_outputs, write_input_image, ArchiveError, CompiledModule};
+use crate::job::{write_input_image, ArchiveError, CompiledModule};
 
 struct Entry {
     path: String,
@@ -52,26 +52,18 @@ fn strings(items: &[&str]) -> Vec<String> {
 #[test]
 fn input_image_round_trips_through_tar() {
     let tmp = tempfile::tempdir().unwrap();
-    let words = tmp.path().join("words.txt");
-    fs::write(&words, "one two three\n").unwrap();
-    fs::create_dir(tmp.path().join("sub")).unwrap();
-    let big = tmp.path().join("sub/big.bin");
-    let big_data: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i % 251) as u8).collect();
-    fs::write(&big, &big_data).unwrap();
-    let empty = tmp.path().join("empty");
-    fs::write(&empty, "").unwrap();
-
     let image = tmp.path().join("in.img");
     let module = b"\x7fELF compiled code";
     let argv = strings(&["wc.wasm", "/in/words.txt", "", "-x"]);
     let env = vec![("LANG".to_string(), "C".to_string()), ("EMPTY".to_string(), String::new())];
-    let size = write_input_image(&image, code(module), &argv, &env, &[words, big, empty]).unwrap();
+    let preopens = strings(&["/in", "/out", "/data/set", "/"]);
+    let size = write_input_image(&image, code(module), &argv, &env, &preopens).unwrap();
 
     assert_eq!(size, fs::metadata(&image).unwrap().len());
     assert_eq!(size % 4096, 0);
     let entries = read_tar(&image);
     let names: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(names, ["job/module.cwasm", "job/args", "job/env", "in/words.txt", "in/big.bin", "in/empty"]);
+    assert_eq!(names, ["job/module.cwasm", "job/args", "job/env", "job/preopens"]);
     for e in &entries {
         assert!(e.ustar, "{} is not a ustar header", e.path);
         assert_eq!((e.mode, e.mtime, e.uid, e.gid), (0o444, 0, 0, 0), "{}", e.path);
@@ -79,9 +71,7 @@ fn input_image_round_trips_through_tar() {
     assert_eq!(entries[0].data, module);
     assert_eq!(entries[1].data, b"wc.wasm\0/in/words.txt\0\0-x\0");
     assert_eq!(entries[2].data, b"LANG=C\0EMPTY=\0");
-    assert_eq!(entries[3].data, b"one two three\n");
-    assert_eq!(entries[4].data, big_data);
-    assert!(entries[5].data.is_empty());
+    assert_eq!(entries[3].data, b"/in\0/out\0/data/set\0/\0");
 }
 
 #[test]
@@ -115,49 +105,6 @@ fn small_input_image_is_one_page_and_deterministic() {
 }
 
 #[test]
-fn input_image_is_readable_by_the_strict_output_reader() {
-    // The subset of ustar the host writes is the subset it accepts back.
-    let tmp = tempfile::tempdir().unwrap();
-    let long_name = "x".repeat(100);
-    let input = tmp.path().join(&long_name);
-    fs::write(&input, "data").unwrap();
-    let image = tmp.path().join("in.img");
-    write_input_image(&image, code(b"\x7fELF"), &strings(&["m"]), &[], &[input]).unwrap();
-    let dest = tmp.path().join("dest");
-    let summary = extract_outputs(&image, &dest, u64::MAX).unwrap();
-    let paths: Vec<PathBuf> = summary.files.iter().map(|f| f.path.clone()).collect();
-    let long_path = PathBuf::from("in").join(&long_name);
-    assert_eq!(paths, [long_path.clone(), "job/args".into(), "job/env".into(), "job/module.cwasm".into()]);
-    assert_eq!(fs::read(dest.join(long_path)).unwrap(), b"data");
-}
-
-#[test]
-fn input_names_that_do_not_fit_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("y".repeat(101));
-    fs::write(&input, "").unwrap();
-    let e = write_input_image(&tmp.path().join("in.img"), code(b""), &[], &[], &[input]).unwrap_err();
-    assert!(matches!(&e, ArchiveError::InputNameTooLong { name, .. } if name.len() == 101), "{e}");
-}
-
-#[test]
-fn duplicate_and_non_file_inputs_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    fs::create_dir_all(tmp.path().join("a")).unwrap();
-    fs::create_dir_all(tmp.path().join("b")).unwrap();
-    let (a, b) = (tmp.path().join("a/f.txt"), tmp.path().join("b/f.txt"));
-    fs::write(&a, "1").unwrap();
-    fs::write(&b, "2").unwrap();
-    let image = tmp.path().join("in.img");
-    let e = write_input_image(&image, code(b""), &[], &[], &[a, b.clone()]).unwrap_err();
-    assert!(matches!(&e, ArchiveError::DuplicateInput { path, name } if path == &b && name == "f.txt"), "{e}");
-    let e = write_input_image(&image, code(b""), &[], &[], &[tmp.path().join("a")]).unwrap_err();
-    assert!(matches!(e, ArchiveError::InputNotFile { .. }), "{e}");
-    let e = write_input_image(&image, code(b""), &[], &[], &[tmp.path().join("missing")]).unwrap_err();
-    assert!(matches!(e, ArchiveError::Read { .. }), "{e}");
-}
-
-#[test]
 fn nul_bytes_in_argv_or_env_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let image = tmp.path().join("in.img");
@@ -166,20 +113,4 @@ fn nul_bytes_in_argv_or_env_are_refused() {
     let env = [("K".to_string(), "v\0".to_string())];
     let e = write_input_image(&image, code(b""), &[], &env, &[]).unwrap_err();
     assert!(matches!(e, ArchiveError::ContainsNul { what: "environment variable", .. }), "{e}");
-}
-
-#[test]
-fn output_image_is_zero_filled_and_page_rounded() {
-    let tmp = tempfile::tempdir().unwrap();
-    let image = tmp.path().join("out.img");
-    for (asked, got) in [(0, 4096), (1, 4096), (4096, 4096), (4097, 8192), (64 << 20, 64 << 20)] {
-        fs::write(&image, "old contents").unwrap();
-        create_output_image(&image, asked).unwrap();
-        assert_eq!(fs::metadata(&image).unwrap().len(), got, "for {asked}");
-    }
-    let small = tmp.path().join("small.img");
-    create_output_image(&small, 10).unwrap();
-    assert!(fs::read(&small).unwrap().iter().all(|&b| b == 0));
-    let e = create_output_image(&image, u64::MAX).unwrap_err();
-    assert!(matches!(e, ArchiveError::ImageTooLarge { .. }), "{e}");
 }

@@ -2,6 +2,7 @@
 
 mod archive;
 mod cache;
+mod collect;
 mod compile;
-mod extract;
+mod image;
 mod spec;

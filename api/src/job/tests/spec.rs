@@ -68,9 +68,11 @@ fn minimal_job_gets_every_default() {
             args: vec![],
             env: vec![],
             stdin: None,
-            inputs: vec![],
-            outputs: dir.root.join("out/"),
+            inputs: Some(vec![]),
+            outputs: Some(dir.root.join("out/")),
             outputs_max_bytes: 64 << 20,
+            mounts: vec![],
+            disk_mib: 1024,
             network: None,
         }
     );
@@ -114,8 +116,8 @@ gateway = "10.0.0.1"
     let env: Vec<(&str, &str)> = spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(env, [("LANG", "C"), ("WITH SPACE", ""), ("ZED", "z")], "sorted by key");
     assert_eq!(spec.stdin, Some(dir.root.join("data/words.txt")));
-    assert_eq!(spec.inputs, [dir.root.join("data/words.txt")]);
-    assert_eq!(spec.outputs, dir.root.join("results"));
+    assert_eq!(spec.inputs, Some(vec![dir.root.join("data/words.txt")]));
+    assert_eq!(spec.outputs, Some(dir.root.join("results")));
     assert_eq!(spec.outputs_max_bytes, 1 << 20);
     let ip = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
     assert_eq!(
@@ -168,8 +170,8 @@ fn relative_paths_resolve_against_the_job_file_directory() {
     assert_eq!(spec.dir, jobdir);
     assert_eq!(spec.wasm, jobdir.join("../../wc.wasm"));
     assert!(spec.wasm.is_absolute());
-    assert_eq!(spec.inputs, [abs_input]);
-    assert_eq!(spec.outputs, jobdir.join("../out"));
+    assert_eq!(spec.inputs, Some(vec![abs_input]));
+    assert_eq!(spec.outputs, Some(jobdir.join("../out")));
     assert_eq!(spec.name, "a");
 }
 
@@ -210,6 +212,8 @@ fn every_invalid_value_names_its_key_and_line() {
         ("[guest]\nkernel = \"data\"", "job.toml:4: guest.kernel: not a regular file: $DIR/data"),
         ("[files]\noutputs_max_mib = 0", "job.toml:4: files.outputs_max_mib: must be at least 1 (got 0)"),
         ("[files]\noutputs_max_mib = 4097", "job.toml:4: files.outputs_max_mib: must be at most 4096 (got 4097)"),
+        ("[files]\ndisk_mib = 0", "job.toml:4: files.disk_mib: must be at least 1 (got 0)"),
+        ("[files]\ndisk_mib = 1048577", "job.toml:4: files.disk_mib: must be at most 1048576 (got 1048577)"),
         ("[files]\noutputs = \"wc.wasm\"", "job.toml:4: files.outputs: exists and is not a directory: $DIR/wc.wasm"),
         ("[files]\noutputs = \"\"", "job.toml:4: files.outputs: must not be empty"),
         ("[files]\ninputs = [\"data/words.txt\",\n  \"missing.txt\"]", "job.toml:5: files.inputs[1]: no such file: $DIR/missing.txt"),
@@ -248,7 +252,7 @@ fn values_at_their_limits_are_accepted() {
     let spec = dir.parse(&format!("{MINIMAL}[guest]\nmemory_mib = 2\nvcpus = 1\n")).unwrap();
     assert_eq!((spec.memory_mib, spec.vcpus), (2, 1));
     let spec = dir.parse(&format!("{MINIMAL}[files]\noutputs = \"data\"\n")).unwrap();
-    assert_eq!(spec.outputs, dir.root.join("data"), "an existing directory is a fine outputs directory");
+    assert_eq!(spec.outputs, Some(dir.root.join("data")), "an existing directory is a fine outputs directory");
 }
 
 #[test]
@@ -319,14 +323,12 @@ fn invalid_run_values_name_their_key_and_line() {
 }
 
 #[test]
-fn input_names_must_fit_a_ustar_header() {
+fn input_names_may_be_as_long_as_the_host_allows() {
     let dir = JobDir::new();
-    let long = "n".repeat(101);
+    let long = "n".repeat(255);
     fs::write(dir.root.join(&long), "").unwrap();
-    let message = dir.err(&format!("{MINIMAL}[files]\ninputs = [\"{long}\"]\n"));
-    assert_eq!(message, format!("$DIR/job.toml:4: files.inputs[0]: file name \"{long}\" is longer than 100 bytes"));
-    fs::write(dir.root.join(&long[1..]), "").unwrap();
-    dir.parse(&format!("{MINIMAL}[files]\ninputs = [\"{}\"]\n", &long[1..])).unwrap();
+    let spec = dir.parse(&format!("{MINIMAL}[files]\ninputs = [\"{long}\"]\n")).unwrap();
+    assert_eq!(spec.inputs, Some(vec![dir.root.join(&long)]));
 }
 
 #[test]
@@ -444,4 +446,118 @@ fn meminfo_parsing() {
     assert_eq!(parse_meminfo("MemTotal: lots kB\n"), None);
     let host = HostLimits::detect();
     assert!(host.memory_mib > 0 && host.cpus > 0);
+}
+
+#[test]
+fn mounts_resolve_and_take_the_place_of_the_shorthands() {
+    let dir = JobDir::new();
+    let text = format!(
+        "{MINIMAL}[files]\ndisk_mib = 5\n[[files.mount]]\nhost = \"data\"\nguest = \"/data\"\nmode = \"rw\"\n\
+         [[files.mount]]\nhost = \"{}\"\nguest = \"/etc/words\"\n",
+        dir.root.join("other/words.txt").display()
+    );
+    let spec = dir.parse(&text).unwrap();
+    assert_eq!((spec.inputs.clone(), spec.outputs.clone(), spec.disk_mib), (None, None, 5), "no /in or /out");
+    let mounts: Vec<_> =
+        spec.mounts.iter().map(|m| (m.host.clone(), m.guest.as_str(), m.read_only, m.is_dir, m.label())).collect();
+    let file = dir.file().display().to_string();
+    assert_eq!(
+        mounts,
+        [
+            (dir.root.join("data"), "/data", false, true, format!("{file}:5: files.mount[0]")),
+            (dir.root.join("other/words.txt"), "/etc/words", true, false, format!("{file}:9: files.mount[1]")),
+        ],
+        "ro by default"
+    );
+    let text = format!(
+        "{MINIMAL}[files]\ninputs = [\"data/words.txt\"]\noutputs = \"results\"\n[[files.mount]]\nhost = \"other\"\nguest = \"/\"\n"
+    );
+    let spec = dir.parse(&text).unwrap();
+    assert_eq!(spec.inputs, Some(vec![dir.root.join("data/words.txt")]));
+    assert_eq!(spec.outputs, Some(dir.root.join("results")));
+    assert_eq!(spec.mounts[0].guest, "/", "a ro mount at / may hold the shorthands");
+}
+
+#[test]
+fn a_symlinked_host_path_is_resolved_and_ro_trees_may_be_mounted_twice() {
+    let dir = JobDir::new();
+    std::os::unix::fs::symlink(dir.root.join("data"), dir.root.join("link")).unwrap();
+    let text = format!(
+        "{MINIMAL}[[files.mount]]\nhost = \"link\"\nguest = \"/a\"\n[[files.mount]]\nhost = \"data/words.txt\"\nguest = \"/a/w\"\n"
+    );
+    let spec = dir.parse(&text).unwrap();
+    assert_eq!(spec.mounts[0].host, dir.root.join("data"));
+    assert_eq!(spec.mounts[1].guest, "/a/w", "a mount may lie inside a ro mount");
+}
+
+/// Each case: what follows [`MINIMAL`] (so it starts on line 3), and the
+/// message expected.
+#[test]
+fn every_bad_mount_names_its_key_and_line() {
+    let dir = JobDir::new();
+    let _socket = std::os::unix::net::UnixListener::bind(dir.root.join("sock")).unwrap();
+    let m = |host: &str, guest: &str, mode: &str| {
+        format!("[[files.mount]]\nhost = \"{host}\"\nguest = \"{guest}\"\nmode = \"{mode}\"\n")
+    };
+    let cases: Vec<(String, String)> = vec![
+        (m("nope", "/x", "ro"), "job.toml:4: files.mount[0].host: no such file: $DIR/nope".into()),
+        (m("sock", "/x", "ro"), "job.toml:4: files.mount[0].host: not a directory or regular file: $DIR/sock".into()),
+        (m("", "/x", "ro"), "job.toml:4: files.mount[0].host: must not be empty".into()),
+        ("[[files.mount]]\nguest = \"/x\"\n".into(), "job.toml:3: files.mount[0].host: is required".into()),
+        ("[[files.mount]]\nhost = \"data\"\n".into(), "job.toml:3: files.mount[0].guest: is required".into()),
+        ("[[files.mount]]\nhost = \"data\"\nhots = 1\n".into(), "job.toml:5: unknown key files.mount[0].hots".into()),
+        (m("data", "/x", "rx"), "job.toml:6: files.mount[0].mode: must be \"ro\" or \"rw\" (got \"rx\")".into()),
+        (m("wc.wasm", "/", "ro"), "job.toml:4: files.mount[0].host: a mount at / must be a directory, not the file $DIR/wc.wasm".into()),
+        (m("data", "/a/b", "ro") + &m("other", "/a/b", "ro"),
+            "job.toml:9: files.mount[1].guest: guest path /a/b is also files.mount[0]'s".into()),
+        ("[files]\ninputs = []\n".to_owned() + &m("data", "/in", "ro"),
+            "job.toml:7: files.mount[0].guest: guest path /in is also files.inputs's".into()),
+        ("[files]\noutputs = \"results\"\n".to_owned() + &m("data", "/out", "ro"),
+            "job.toml:7: files.mount[0].guest: guest path /out is also files.outputs's".into()),
+        (m("data", "/a", "rw") + &m("other", "/a/b", "ro"),
+            "job.toml:9: files.mount[1].guest: guest path /a/b lies inside rw mount /a (files.mount[0]); mounts may nest only inside ro mounts".into()),
+        (m("other", "/a/b", "ro") + &m("data", "/a", "rw"),
+            "job.toml:5: files.mount[0].guest: guest path /a/b lies inside rw mount /a (files.mount[1]); mounts may nest only inside ro mounts".into()),
+        ("[files]\noutputs = \"results\"\n".to_owned() + &m("data", "/", "rw"),
+            "job.toml:4: files.outputs: guest path /out lies inside rw mount / (files.mount[0]); mounts may nest only inside ro mounts".into()),
+        (m("data", "/a", "rw") + &m("data/words.txt", "/b", "ro"),
+            "job.toml:8: files.mount[1].host: host path $DIR/data/words.txt overlaps files.mount[0]'s $DIR/data; a tree may be mounted twice only when every use is ro".into()),
+        ("[files]\noutputs = \"data/out\"\n".to_owned() + &m(".", "/job", "ro"),
+            "job.toml:6: files.mount[0].host: host path $DIR overlaps files.outputs's $DIR/data/out; a tree may be mounted twice only when every use is ro".into()),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(dir.err(&format!("{MINIMAL}{body}")), format!("$DIR/{expected}"), "for {body:?}");
+    }
+    for guest in ["x", "/a/", "/a//b", "/a/./b", "/a/../b", "", "/a\u{0}"] {
+        let body = m("data", guest, "ro").replace('\0', "\\u0000");
+        let expected = format!(
+            "$DIR/job.toml:5: files.mount[0].guest: must be an absolute path with no empty, '.' or '..' component, \
+             each at most 255 bytes (got {guest:?})"
+        );
+        assert_eq!(dir.err(&format!("{MINIMAL}{body}")), expected, "for {guest:?}");
+    }
+    let long = format!("/{}", "n".repeat(256));
+    assert!(dir
+        .err(&format!("{MINIMAL}{}", m("data", &long, "ro")))
+        .contains("files.mount[0].guest: must be an absolute"));
+}
+
+#[test]
+fn a_rw_mount_must_be_on_its_parents_filesystem() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = JobDir::new();
+    let text = format!("{MINIMAL}[[files.mount]]\nhost = \"/proc\"\nguest = \"/p\"\nmode = \"rw\"\n");
+    let message = dir.err(&text);
+    // Root may write /proc and /; anyone else cannot write /proc.
+    if fs::metadata("/proc/self").unwrap().uid() == 0 {
+        assert_eq!(
+            message,
+            "$DIR/job.toml:4: files.mount[0].host: /proc is a mount point: a rw mount is swapped into place by a \
+             rename, so it must be on its parent directory's filesystem; mount a directory inside it"
+        );
+    } else {
+        assert!(message.starts_with("$DIR/job.toml:4: files.mount[0].host: cannot write /proc"), "{message}");
+    }
+    let text = format!("{MINIMAL}[[files.mount]]\nhost = \"/proc\"\nguest = \"/p\"\n");
+    assert_eq!(dir.parse(&text).unwrap().mounts[0].host, Path::new("/proc"), "ro, it is fine");
 }

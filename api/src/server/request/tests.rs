@@ -72,7 +72,7 @@ fn a_job_gets_absolute_paths_default_outputs_and_its_limits() {
     // The job file written is one `mvm up` accepts as it is.
     let anchor = f.ctx.state_dir.join("jobs/job.toml");
     let spec = JobSpec::parse(launch.job_toml.as_deref().unwrap(), &anchor, &f.ctx.host).unwrap();
-    assert_eq!(spec.inputs, [root.join("data/in.txt")]);
+    assert_eq!(spec.inputs, Some(vec![root.join("data/in.txt")]));
     assert_eq!(spec.env, [("A".to_owned(), "b".to_owned())]);
     assert_eq!(launch.record.state, State::Created);
 }
@@ -375,5 +375,61 @@ fn a_stdin_file_outside_the_root_missing_or_not_a_file_is_refused() {
         let e = refused(job(&f, json!({ "run": { "wasm": "m.wat", "stdin": stdin } })));
         assert_eq!((e.status, e.field.as_deref()), (status, Some("run.stdin")), "{stdin}: {}", e.error);
         assert!(e.error.contains(message), "{stdin}: {}", e.error);
+    }
+}
+
+#[test]
+fn mounts_are_confined_to_the_files_root_and_named_as_the_request_names_them() {
+    let f = fixture();
+    let root = &f.ctx.files_root;
+    let body = json!({
+        "run": { "wasm": "m.wat" },
+        "files": { "mounts": [{ "host": "data", "guest": "/data", "mode": "rw" }, { "host": "m.wat", "guest": "/m" }], "disk_mib": 7 },
+    });
+    let launch = job(&f, body).unwrap();
+    let spec = &launch.record.spec;
+    assert_eq!(spec["files"]["mounts"][0]["host"], json!(root.join("data")));
+    assert!(spec["files"].get("mount").is_none(), "the record keeps the request's field name");
+    assert!(
+        spec["files"].get("outputs").is_none() && launch.record.outputs_dir.is_none(),
+        "with mounts, no default /out"
+    );
+    let anchor = f.ctx.state_dir.join("jobs/job.toml");
+    let parsed = JobSpec::parse(launch.job_toml.as_deref().unwrap(), &anchor, &f.ctx.host).unwrap();
+    let mounts: Vec<_> = parsed.mounts.iter().map(|m| (m.host.clone(), m.guest.as_str(), m.read_only)).collect();
+    assert_eq!(mounts, [(root.join("data"), "/data", false), (root.join("m.wat"), "/m", true)]);
+    assert_eq!((parsed.disk_mib, parsed.inputs, parsed.outputs), (7, None, None));
+
+    let wasm = json!({ "wasm": "m.wat" });
+    let mount =
+        |host: Value, guest: &str| json!({ "run": wasm, "files": { "mounts": [{ "host": host, "guest": guest }] } });
+    let cases = [
+        (mount(json!(f.outside), "/x"), StatusCode::FORBIDDEN, "files.mounts[0].host", "must be under the files root"),
+        (mount(json!("nope"), "/x"), StatusCode::BAD_REQUEST, "files.mounts[0].host", "no such file"),
+        (mount(json!("data"), "x/.."), StatusCode::BAD_REQUEST, "files.mounts[0].guest", "must be an absolute path"),
+        (mount(json!(3), "/x"), StatusCode::BAD_REQUEST, "files.mounts[0].host", "expected a string"),
+        (
+            json!({ "run": wasm, "files": { "mounts": [{ "host": "data", "guets": "/x" }] } }),
+            StatusCode::BAD_REQUEST,
+            "files.mounts[0].guets",
+            "unknown field",
+        ),
+        (
+            json!({ "run": wasm, "files": { "mount": [{ "host": "data", "guest": "/x" }] } }),
+            StatusCode::BAD_REQUEST,
+            "files.mount",
+            "expected `mounts`",
+        ),
+        (
+            json!({ "run": wasm, "files": { "mounts": [{ "host": "data", "guest": "/x" }, { "host": "m.wat", "guest": "/x" }] } }),
+            StatusCode::BAD_REQUEST,
+            "files.mounts[1].guest",
+            "guest path /x is also files.mounts[0]'s",
+        ),
+    ];
+    for (body, status, field, says) in cases {
+        let e = refused(job(&f, body.clone()));
+        assert_eq!((e.status, e.field.as_deref()), (status, Some(field)), "{body}: {}", e.error);
+        assert!(e.error.contains(says), "{body}: {}", e.error);
     }
 }
