@@ -673,18 +673,25 @@ static void remove_tree(const char *path) {
     DIR *d = opendir(path);
     if (!d)
         fail("remove the scratch tree", path, errno);
-    char names[400][64];
+    // On the heap: wasm's C stack is small, and this recurses.
+    char(*names)[64] = malloc(400 * sizeof *names);
+    if (!names)
+        fail("remove the scratch tree", "out of memory", 0);
     int n = 0;
     struct dirent *e;
-    while ((e = readdir(d)) != NULL && n < 400)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+    while ((e = readdir(d)) != NULL)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            if (n == 400)
+                fail("remove the scratch tree", "more than 400 entries in a directory", 0);
             snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+        }
     closedir(d);
     for (int i = 0; i < n; i++) {
         char child[512];
         snprintf(child, sizeof child, "%s/%s", path, names[i]);
         remove_tree(child);
     }
+    free(names);
     if (rmdir(path) != 0)
         fail("remove the scratch tree", path, errno);
 }
