@@ -1,7 +1,8 @@
 //! WASI preview 1's file functions end to end under `mvm up`: the
 //! self-checking C program tests/wasi/files.c (compiled here for
 //! wasm32-wasi) runs in a job with a read-only mount, a writable mount and
-//! `outputs`, and what it left in each comes back to the host as it should.
+//! `outputs`, and what it left in each comes back to the host as it should;
+//! tests/wasi/bulk.c writes and reads back several times its RAM.
 
 mod common;
 
@@ -12,10 +13,10 @@ use std::time::Duration;
 
 use common::{mvm, text};
 
-/// Compiles tests/wasi/files.c to `dest` with Debian's wasm32-wasi C
+/// Compiles tests/wasi/`name` to `dest` with Debian's wasm32-wasi C
 /// toolchain, as examples/wordcount/build.sh does.
-fn compile_files_c(dest: &Path) {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wasi/files.c");
+fn compile(name: &str, dest: &Path) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wasi").join(name);
     let out = Command::new("clang-14")
         .args(["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-Wall", "-Werror", "-o"])
         .arg(dest)
@@ -95,7 +96,7 @@ fn wasi_file_functions_end_to_end_with_mounts() {
     common::require_kvm();
     let job = tempfile::tempdir().unwrap();
     let dir = job.path();
-    compile_files_c(&dir.join("files.wasm"));
+    compile("files.c", &dir.join("files.wasm"));
     std::fs::write(dir.join("job.toml"), JOB).unwrap();
     write(&dir.join("ro/hello.txt"), "hello\n");
     write(&dir.join("rw/keep.txt"), "keep\n");
@@ -160,4 +161,65 @@ fn wasi_file_functions_end_to_end_with_mounts() {
     // The ro mount: as it was.
     assert_eq!(listing(&dir.join("ro")), ["hello.txt"]);
     assert_eq!(std::fs::read_to_string(dir.join("ro/hello.txt")).unwrap(), "hello\n");
+}
+
+/// bulk.c's contents (see its header), computed again here.
+fn small_len(i: u32) -> usize {
+    1024 + ((i.wrapping_mul(2_654_435_761) >> 7) % 7169) as usize
+}
+
+fn small_byte(i: u32, k: u32) -> u8 {
+    i.wrapping_mul(31).wrapping_add(k * 7).wrapping_add(k >> 8) as u8
+}
+
+fn big_byte(o: u64) -> u8 {
+    ((o ^ (o >> 11) ^ (o >> 19)) * 13) as u8
+}
+
+/// A job with 16 MiB of RAM writes 3,000 small files and a 64 MiB file
+/// (about 5 times its RAM, and more than any write-back cache it could
+/// hold), reads every byte back (the oldest from disk), overwrites part of
+/// the big file in place; then the host finds exactly those bytes in its
+/// outputs.
+#[test]
+#[cfg_attr(mvm_skip_kvm, ignore = "needs KVM: MVM_SKIP_KVM=1")]
+fn a_job_reads_back_five_times_its_ram_from_disk() {
+    common::require_kvm();
+    let job = tempfile::tempdir().unwrap();
+    let dir = job.path();
+    compile("bulk.c", &dir.join("bulk.wasm"));
+    let (files, big_mib) = (3000u32, 64u64);
+    std::fs::write(
+        dir.join("job.toml"),
+        format!(
+            "name = \"bulk\"\n[guest]\nmemory_mib = 16\ntimeout_s = 120\n[run]\nwasm = \"bulk.wasm\"\n\
+             args = [\"/out\", \"{files}\", \"{big_mib}\"]\n[files]\noutputs = \"out/\"\noutputs_max_mib = 128\n\
+             disk_mib = 128\n"
+        ),
+    )
+    .unwrap();
+    let out = common::measure_within(mvm().arg("up").arg(dir.join("job.toml")), Duration::from_secs(300));
+    assert_eq!(out.code(), 0, "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    let small_bytes: usize = (0..files).map(small_len).sum();
+    let bytes = small_bytes as u64 + (big_mib << 20);
+    assert_eq!(
+        text(&out.stdout),
+        format!("bulk: {files} files and {big_mib} MiB, {bytes} bytes written and read back\n")
+    );
+
+    let outputs = dir.join("out");
+    for i in 0..files {
+        let path = outputs.join(format!("bulk/d{:02}/f{i:04}", i / 100));
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let want: Vec<u8> = (0..small_len(i) as u32).map(|k| small_byte(i, k)).collect();
+        assert!(data == want, "{} differs from what the job wrote", path.display());
+    }
+    let big = std::fs::read(outputs.join("big.bin")).unwrap();
+    assert_eq!(big.len() as u64, big_mib << 20);
+    let (start, end) = ((big_mib << 19) + 100, (big_mib << 19) + (1 << 20) + 4096);
+    for (o, &byte) in big.iter().enumerate() {
+        let o = o as u64;
+        let want = big_byte(o) ^ if (start..end).contains(&o) { 0xff } else { 0 };
+        assert_eq!(byte, want, "big.bin differs at byte {o}");
+    }
 }
