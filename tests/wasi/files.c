@@ -16,8 +16,9 @@
 //          newdir/inner.txt, made/deep/file.txt ("made\n"), link -> keep.txt;
 //          gone.txt and olddir removed.
 //   --ro   a read-only mount holding hello.txt ("hello\n"): readable, and
-//          every change refused with EROFS (wasmtime's --dir has no
-//          read-only mode, so this is mvm's part).
+//          every change refused with EROFS (futimens on a read-only fd may
+//          be ENOTCAPABLE instead). wasmtime's --dir has no read-only mode,
+//          so this is mvm's part.
 //   --mvm  where mvm is meant to differ from wasmtime 48, check mvm's way:
 //          fd_allocate extends the file and fd_fdstat_set_rights narrows an
 //          fd's rights (wasmtime answers ENOTSUP to both), a path under no
