@@ -457,22 +457,24 @@ pub fn poll_oneoff<P: Platform>(
     // (50 µs to 10 ms: a prompt's answer shows at once, an idle wait
     // costs little).
     let mut step = 50_000u64;
-    while !ready_io {
-        if stdin_read && !wasi.devices.stdin.would_wait() {
-            break;
+    if !ready_io {
+        loop {
+            if stdin_read && !wasi.devices.stdin.would_wait() {
+                break;
+            }
+            let now = wasi.devices.clock.monotonic_ns();
+            wasi.flush_outputs();
+            if !stdin_read {
+                wasi.devices.clock.sleep_until(earliest.unwrap_or(now));
+                break;
+            }
+            if earliest.is_some_and(|deadline| deadline <= now) {
+                break;
+            }
+            let until = now.saturating_add(step);
+            wasi.devices.clock.sleep_until(earliest.map_or(until, |deadline| deadline.min(until)));
+            step = (step * 2).min(10_000_000);
         }
-        let now = wasi.devices.clock.monotonic_ns();
-        wasi.flush_outputs();
-        if !stdin_read {
-            wasi.devices.clock.sleep_until(earliest.unwrap_or(now));
-            break;
-        }
-        if earliest.is_some_and(|deadline| deadline <= now) {
-            break;
-        }
-        let until = now.saturating_add(step);
-        wasi.devices.clock.sleep_until(earliest.map_or(until, |deadline| deadline.min(until)));
-        step = (step * 2).min(10_000_000);
     }
     let now = wasi.devices.clock.monotonic_ns();
     let mut written = 0u32;
