@@ -32,9 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mvm_wasi::fsimage::{
-    Extent, Inode, Kind, Metadata, Mount, Superblock, BLOCK, NAME_MAX, NO_MOUNT, ROOT, TARGET_MAX,
-};
+use mvm_wasi::fsimage::{Extent, Inode, Kind, Metadata, Mount, Superblock, BLOCK, NO_MOUNT, ROOT};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Stat};
 use rustix::io::Errno;
 use tracing::info;
@@ -81,11 +79,9 @@ pub enum ImageError {
 pub enum EntryProblem {
     #[error("its name is not UTF-8, which the job's filesystem needs; rename it")]
     NameNotUtf8,
-    #[error("its name is longer than {NAME_MAX} bytes; rename it")]
-    NameTooLong,
     #[error("a {0} cannot be given to a job; remove it or mount a tree without it")]
     Unsupported(&'static str),
-    #[error("a symbolic link whose target is not UTF-8 or longer than {TARGET_MAX} bytes")]
+    #[error("a symbolic link whose target is not UTF-8, which the job's filesystem needs")]
     BadTarget,
     #[error("it changed while being staged; run the job again")]
     Changed,
@@ -299,9 +295,11 @@ impl Builder {
         let mut dir = ROOT;
         for name in &components[..components.len() - 1] {
             let existing = self.entries_of(dir).iter().find(|(n, _)| n == name).map(|e| e.1);
+            // Only a directory can be there: a scan leaves out whatever
+            // else lies on the way to a mount (see `left_for_mount`).
             dir = match existing {
-                Some(ino) if matches!(self.inodes[ino as usize - 1].kind, Kind::Dir(_)) => ino,
-                _ => {
+                Some(ino) => ino,
+                None => {
                     let made = self.new_dir(NO_MOUNT, 0o755)?;
                     self.set_entry(dir, name, made);
                     made
@@ -388,10 +386,8 @@ impl Builder {
             let child_path = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
             let entry_err =
                 |problem| ImageError::Entry { label: mount.label.clone(), path: child_path.clone(), problem };
+            // Linux's NAME_MAX is the format's: only the encoding can differ.
             let Ok(utf8) = name.to_str() else { return Err(entry_err(EntryProblem::NameNotUtf8)) };
-            if utf8.len() > NAME_MAX {
-                return Err(entry_err(EntryProblem::NameTooLong));
-            }
             let child_guest = join_guest(guest, utf8);
             let stat = match rustix::fs::statat(&fd, &*name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(stat) => stat,
@@ -428,10 +424,9 @@ impl Builder {
                 FileType::Symlink => {
                     let target =
                         rustix::fs::readlinkat(&fd, &*name, Vec::new()).map_err(|e| read_err(&child_path, e))?;
+                    // Linux holds no empty target nor one over PATH_MAX - 1,
+                    // the format's TARGET_MAX: only the encoding can differ.
                     let target = target.into_string().map_err(|_| entry_err(EntryProblem::BadTarget))?;
-                    if target.is_empty() || target.len() > TARGET_MAX {
-                        return Err(entry_err(EntryProblem::BadTarget));
-                    }
                     let size = target.len() as u64;
                     self.push(index, perm(&stat), size, times(&stat), Kind::Symlink(target))?
                 }

@@ -110,6 +110,7 @@ fn an_image_holds_every_mount_and_the_directories_that_lead_to_them() {
         host_mount("/data/set/nested/deep", &tmp.path().join("deeper"), true),
     ];
     let image = tmp.path().join("fs.img");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let summary = build_image(&image, &mounts, 3).unwrap();
 
     let d = Decoded::read(&image);
@@ -127,6 +128,7 @@ fn an_image_holds_every_mount_and_the_directories_that_lead_to_them() {
         let inode = d.lookup(path);
         assert_eq!((inode.mount, inode.perm), (mount, 0o755), "{path} only leads to mounts");
     }
+    assert!(d.lookup("/").mtim >= before, "directories made for the job are made now");
     assert_eq!(d.names("/"), ["data", "etc", "in", "out"]);
     assert_eq!(d.names("/in"), ["words.txt"]);
     assert_eq!(d.names("/out"), Vec::<String>::new());
@@ -266,4 +268,61 @@ fn a_sparse_file_takes_only_its_data_in_the_image() {
     // over them): only the two blocks holding data are in the image.
     assert_eq!(extents.iter().map(|e| (e.logical, e.count)).collect::<Vec<_>>(), [(8192, 1), (16383, 1)]);
     assert!(summary.used_blocks < 8, "{summary:?}");
+}
+
+#[test]
+fn a_jobs_mounts_are_its_shorthands_then_its_mounts_in_file_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    fs::write(dir.join("m.wat"), "(module)").unwrap();
+    fs::create_dir(dir.join("src")).unwrap();
+    fs::write(dir.join("words.txt"), "w").unwrap();
+    let toml = "[run]\nwasm = \"m.wat\"\n[files]\ninputs = [\"words.txt\"]\noutputs = \"out\"\n\
+                [[files.mount]]\nhost = \"src\"\nguest = \"/src\"\n[[files.mount]]\nhost = \"m.wat\"\nguest = \"/m\"\nmode = \"rw\"\n";
+    let limits = crate::job::HostLimits { memory_mib: 1024, cpus: 1 };
+    let spec = crate::job::JobSpec::parse(toml, &dir.join("job.toml"), &limits).unwrap();
+    let file = dir.join("job.toml").display().to_string();
+    assert_eq!(
+        crate::job::image::mounts(&spec),
+        [
+            ImageMount {
+                guest: "/in".into(),
+                read_only: true,
+                source: Source::Files(vec![dir.join("words.txt")]),
+                label: "files.inputs".into()
+            },
+            ImageMount { guest: "/out".into(), read_only: false, source: Source::Empty, label: "files.outputs".into() },
+            ImageMount {
+                guest: "/src".into(),
+                read_only: true,
+                source: Source::Dir(dir.join("src")),
+                label: format!("{file}:6: files.mount[0]")
+            },
+            ImageMount {
+                guest: "/m".into(),
+                read_only: false,
+                source: Source::File(dir.join("m.wat")),
+                label: format!("{file}:9: files.mount[1]")
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_mount_that_changed_type_since_validation_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("f");
+    fs::write(&file, "").unwrap();
+    let as_dir =
+        ImageMount { guest: "/m".into(), read_only: true, source: Source::Dir(file.clone()), label: String::new() };
+    let e = build_image(&tmp.path().join("a.img"), &[as_dir], 1).unwrap_err();
+    assert!(matches!(e, ImageError::Entry { problem: EntryProblem::Changed, .. }), "{e}");
+    let as_file = ImageMount {
+        guest: "/m".into(),
+        read_only: true,
+        source: Source::File(tmp.path().to_owned()),
+        label: String::new(),
+    };
+    let e = build_image(&tmp.path().join("b.img"), &[as_file], 1).unwrap_err();
+    assert!(matches!(e, ImageError::Entry { problem: EntryProblem::Changed, .. }), "{e}");
 }
