@@ -2,6 +2,17 @@
 //! job sees under `/` (its mounts, read-only and read-write, and the
 //! directories that lead to them) and the room it may write into.
 //!
+//! Why a format of its own: the host and the guest must agree on it, and the
+//! host must read what the guest left as hostile input, so one small no_std
+//! module serves both, and its decoder checks the whole tree before anything
+//! uses it. FAT (the `fatfs` crate) has no symlinks, hard links, permission
+//! bits or case-sensitive names; ext2/4 has no well-kept no_std crate that
+//! writes it, and its block groups, bitmaps, indirect blocks and journal are
+//! a far larger surface for a parser of hostile images. The guest keeps the
+//! metadata in RAM and writes it once, when the job ends, so there is no
+//! allocation bitmap or journal on disk: a job that does not end by `exit`
+//! or `trap` brings nothing back anyway.
+//!
 //! The host builds the image before the VM starts; the guest loads its
 //! metadata into RAM, keeps file data on the disk, and writes the metadata
 //! back when the job ends; the host then reads it as hostile input. Both
