@@ -6,12 +6,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{mvm, text};
+use common::{mvm, text, Measured};
 
 /// Reads fd 0 to its end through a 64 KiB buffer and prints
 /// `<bytes> <s1> <s2>`: s1 the sum of the bytes, s2 the sum of s1 after each
@@ -127,79 +127,11 @@ fn pattern(block: u64, out: &mut [u8]) {
     }
 }
 
-/// How a run of mvm ended: status, outputs, wall time and peak RSS (wait4's
-/// ru_maxrss: every byte mvm ever had resident, guest RAM included).
-struct Ran {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    wall: Duration,
-    max_rss_kib: u64,
-}
-
 /// Runs `mvm up job` with `feed` writing its stdin (a pipe) on a thread of
 /// its own; the pipe closes when `feed` returns. Fails the test after
 /// `limit`.
-fn up_feeding(job: &Path, limit: Duration, feed: impl FnOnce(&mut dyn Write) + Send + 'static) -> Ran {
-    let mut command = mvm();
-    command.arg("up").arg(job).stdin(Stdio::piped());
-    let (ran, fed) = run_child(&mut command, limit, Some(Box::new(feed)));
-    fed.expect("a feeder").join().unwrap();
-    ran
-}
-
-type Feed = Box<dyn FnOnce(&mut dyn Write) + Send>;
-
-#[allow(clippy::zombie_processes)]
-fn run_child(
-    command: &mut std::process::Command,
-    limit: Duration,
-    feed: Option<Feed>,
-) -> (Ran, Option<std::thread::JoinHandle<()>>) {
-    let started = Instant::now();
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot run mvm");
-    let fed = feed.map(|feed| {
-        let mut stdin = child.stdin.take().unwrap();
-        std::thread::spawn(move || feed(&mut stdin))
-    });
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our child, not yet reaped (Child::wait is not called).
-        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if reaped == pid {
-            break;
-        }
-        assert_eq!(reaped, 0, "wait4: {}", std::io::Error::last_os_error());
-        if started.elapsed() > limit {
-            // SAFETY: our unreaped child, still ours to kill and reap.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::wait4(pid, &mut status, 0, &mut usage);
-            }
-            panic!("mvm still ran after {limit:?} and was killed; stderr: {}", text(&stderr.join().unwrap()));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let ran = Ran {
-        status: ExitStatus::from_raw(status),
-        wall: started.elapsed(),
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        max_rss_kib: usage.ru_maxrss as u64,
-    };
-    (ran, fed)
+fn up_feeding(job: &Path, limit: Duration, feed: impl FnOnce(&mut dyn Write) + Send + 'static) -> Measured {
+    common::measure_feeding(mvm().arg("up").arg(job), limit, Some(Box::new(feed)))
 }
 
 #[test]
@@ -219,7 +151,7 @@ fn run_stdin_names_a_file_the_job_reads_to_its_end() {
     // file is read instead.
     let mut command = mvm();
     command.arg("up").arg(dir.path().join("job.toml")).stdin(Stdio::piped());
-    let (out, _) = run_child(&mut command, common::RUN_LIMIT, None);
+    let out = common::measure_feeding(&mut command, common::RUN_LIMIT, None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), sums.line());
 }
@@ -287,7 +219,7 @@ fn empty_and_closed_stdin_end_at_once() {
             Ok(())
         });
     }
-    let (out, _) = run_child(&mut command, common::RUN_LIMIT, None);
+    let out = common::measure_feeding(&mut command, common::RUN_LIMIT, None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "0 0 0\n", "closed stdin");
 }
@@ -300,7 +232,7 @@ fn jobs_that_stop_reading_do_not_wait_for_a_stdin_that_stays_open() {
     let dir = job(IGNORES, "");
     let mut command = mvm();
     command.arg("up").arg(dir.path().join("job.toml")).stdin(Stdio::piped());
-    let (ran, _) = run_child(&mut command, Duration::from_secs(60), None);
+    let ran = common::measure_feeding(&mut command, Duration::from_secs(60), None);
     assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
     assert!(ran.wall < Duration::from_secs(30), "{:?}", ran.wall);
 

@@ -74,13 +74,15 @@ pub fn run(cmd: &mut Command) -> Output {
 }
 
 /// A command that ran to its end: how it ended, its CPU time (user and
-/// system, every thread, from wait4), its wall time and its output.
+/// system, every thread, from wait4), its wall time, its output and its
+/// peak RSS (wait4's ru_maxrss: for mvm, guest RAM it touched included).
 pub struct Measured {
     pub status: ExitStatus,
     pub cpu: Duration,
     pub wall: Duration,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    pub max_rss_kib: u64,
 }
 
 impl Measured {
@@ -90,14 +92,30 @@ impl Measured {
     }
 }
 
-/// Runs `cmd` to its end and measures it. Kills it, failing the test, when
-/// it runs longer than `limit`. The child is reaped by wait4 (for its
-/// rusage), not by `Child::wait`.
-#[allow(clippy::zombie_processes)]
+/// Runs `cmd` to its end, its stdin empty, and measures it. Kills it,
+/// failing the test, when it runs longer than `limit`.
 pub fn measure_within(cmd: &mut Command, limit: Duration) -> Measured {
+    measure_feeding(cmd.stdin(Stdio::null()), limit, None)
+}
+
+/// What writes a child's stdin, a pipe that closes when it returns.
+pub type Feed = Box<dyn FnOnce(&mut dyn std::io::Write) + Send>;
+
+/// Runs `cmd` to its end and measures it, with `feed` writing its stdin on
+/// a thread of its own (without one, stdin is as `cmd` sets it). Kills it,
+/// failing the test, when it runs longer than `limit`. The child is reaped
+/// by wait4 (for its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+pub fn measure_feeding(cmd: &mut Command, limit: Duration, feed: Option<Feed>) -> Measured {
     let started = Instant::now();
-    let mut child =
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot run mvm");
+    if feed.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot run mvm");
+    let fed = feed.map(|feed| {
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || feed(&mut stdin))
+    });
     let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -130,6 +148,9 @@ pub fn measure_within(cmd: &mut Command, limit: Duration) -> Measured {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    if let Some(fed) = fed {
+        fed.join().unwrap();
+    }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Measured {
         status: ExitStatus::from_raw(status),
@@ -137,6 +158,7 @@ pub fn measure_within(cmd: &mut Command, limit: Duration) -> Measured {
         wall: started.elapsed(),
         stdout: stdout.join().unwrap(),
         stderr: stderr.join().unwrap(),
+        max_rss_kib: usage.ru_maxrss as u64,
     }
 }
 
