@@ -13,7 +13,7 @@
 //! - a rw `[[files.mount]]` is rebuilt whole into a staging directory
 //!   beside it (`.NAME.mvm-RANDOM`, same filesystem), with its files,
 //!   directories and symlinks (created as links, never followed),
-//!   permission bits and times; then swapped into place in one step
+//!   permission bits (less set-user-ID and set-group-ID) and times; then swapped into place in one step
 //!   (`renameat2(RENAME_EXCHANGE)`; a file mount: `rename` over it) and
 //!   the old tree removed. Entries are mvm's user's, except that mvm run
 //!   by root gives them the owner of the tree they replace. Any failure
@@ -51,6 +51,10 @@ pub const MAX_DEPTH: usize = 256;
 /// The largest metadata read, so a hostile superblock cannot make the host
 /// allocate the whole disk.
 const MAX_METADATA: u64 = 1 << 30;
+/// The permission bits a write-back restores: never set-user-ID nor
+/// set-group-ID, which the guest chooses freely and which, on a file mvm
+/// (perhaps root) owns, would run with mvm's rights.
+const KEPT_PERM: u32 = 0o1777;
 const BLOCK_U64: u64 = BLOCK as u64;
 const MIB: u64 = 1 << 20;
 /// The most copied between two looks at whether mvm was interrupted.
@@ -394,12 +398,12 @@ impl Rebuild<'_> {
     /// change its mtime, and its bits may forbid adding them.
     fn finish(&self, fd: BorrowedFd<'_>, inode: &Inode, path: &Path) -> Result<(), CollectError> {
         let err = |e: Errno| write_err(path, e.into());
-        // Before the bits: a change of owner clears set-user-ID.
+        // Before the bits: a change of owner may clear some of them.
         if let Some((uid, gid)) = self.owner {
             rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(err)?;
         }
         rustix::fs::futimens(fd, &timestamps(inode)).map_err(err)?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(u32::from(inode.perm))).map_err(err)
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(u32::from(inode.perm) & KEPT_PERM)).map_err(err)
     }
 }
 

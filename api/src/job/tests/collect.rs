@@ -444,7 +444,27 @@ fn written_back_by_root_a_users_tree_stays_the_users() {
         assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "{path:?}");
     }
     let mode = fs::metadata(s.host.join("new.txt")).unwrap().mode() & 0o7777;
-    assert_eq!(mode, 0o4755, "the bits are set after the owner, which would clear set-user-ID");
+    assert_eq!(mode, 0o755, "set-user-ID is never restored");
+}
+
+#[test]
+fn set_user_and_group_id_never_come_back_and_the_sticky_bit_does() {
+    let s = setup();
+    let mut g = Guest::open(&s.image);
+    let data = g.dir_of("/data");
+    g.file(data, "suid", 1, 0o6755, b"x");
+    g.file(data, "sgid", 1, 0o2711, b"x");
+    let dir = g.add(data, "shared", 1, 0o3777, 0, Kind::Dir(Vec::new()));
+    g.file(dir, "f", 1, 0o4700, b"x");
+    g.close();
+    let image = Image::open(&s.image).unwrap();
+    write_back(&image, 1, &s.host, image.size()).unwrap();
+    let mode = |p: &str| fs::metadata(s.host.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        [mode("suid"), mode("sgid"), mode("shared"), mode("shared/f")],
+        [0o755, 0o711, 0o1777, 0o700],
+        "a guest never makes a set-user-ID or set-group-ID file on the host"
+    );
 }
 
 #[test]
