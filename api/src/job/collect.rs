@@ -24,7 +24,8 @@
 //!
 //! Every host path is reached from a directory descriptor one component at
 //! a time with `O_NOFOLLOW`, so a symlink already in a destination is
-//! refused, never followed.
+//! refused, never followed; the destinations themselves, canonical since
+//! the job file was read, are opened following no symlink ([`resolve`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -44,6 +45,7 @@ use tracing::warn;
 
 use super::copy::{copy_range, CopyError, Span};
 use super::image::MAX_ENTRIES;
+use super::resolve;
 
 /// The deepest directory nesting brought back: each level holds a
 /// descriptor while its entries are written.
@@ -205,11 +207,9 @@ pub fn collect_outputs(image: &Image, mount: u32, dest: &Path, max_bytes: u64) -
     if !matches!(root.kind, Kind::Dir(_)) {
         return Err(CollectError::Entry { path: dest.to_owned(), problem: EntryProblem::RootNotDir });
     }
-    std::fs::create_dir_all(dest).map_err(|source| write_err(dest, source))?;
-    // `dest` itself is the user's choice and may be a symlink; only what is
-    // below it is walked without following links.
-    let root_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let dest_fd = rustix::fs::open(dest, root_flags, Mode::empty()).map_err(|e| write_err(dest, e.into()))?;
+    // `dest` was made canonical when the job file was read: a symlink on
+    // its way now was planted since, and is refused.
+    let dest_fd = resolve::create_dirs(dest).map_err(|e| fs_err(e, dest))?;
     let mut out = Outputs { image, mount, dest, max_bytes, summary: OutputSummary::default(), entries: 0 };
     out.dir(dest_fd.as_fd(), root, Path::new(""), 0)?;
     out.summary.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -284,8 +284,9 @@ pub fn write_back(image: &Image, mount: u32, host: &Path, max_bytes: u64) -> Res
     let (Some(parent), Some(name)) = (host.parent(), host.file_name()) else {
         return Err(write_err(host, io::ErrorKind::InvalidInput.into()));
     };
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let parent_fd = rustix::fs::open(parent, dir_flags, Mode::empty()).map_err(|e| write_err(parent, e.into()))?;
+    // `host` is canonical (see `resolve`).
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
+    let parent_fd = resolve::open(parent, dir_flags).map_err(|e| fs_err(e, parent))?;
     let host_stat =
         rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| write_err(host, e.into()))?;
     let is_dir = rustix::fs::FileType::from_raw_mode(host_stat.st_mode) == rustix::fs::FileType::Directory;
@@ -452,8 +453,8 @@ pub fn remove_stale_staging(host: &Path) -> usize {
     let (Some(parent), Some(name)) = (host.parent(), host.file_name()) else { return 0 };
     let prefix = staging_name(name, 0);
     let prefix = &prefix.as_os_str().as_bytes()[..prefix.as_os_str().len() - 16];
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let Ok(parent_fd) = rustix::fs::open(parent, flags, Mode::empty()) else { return 0 };
+    // `host` is canonical: a symlink on its way now was planted since.
+    let Ok(parent_fd) = resolve::open(parent, OFlags::RDONLY | OFlags::DIRECTORY) else { return 0 };
     let Ok(dir) = rustix::fs::Dir::read_from(&parent_fd) else { return 0 };
     let stale: Vec<PathBuf> = dir
         .filter_map(Result::ok)

@@ -181,6 +181,9 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
             "--json".into(),
             format!("--cache-dir={}", cache_dir(&ctx.state_dir).display()),
             format!("--cache-max-mib={}", ctx.cache_max_mib),
+            // The child checks the paths again as it loads them: they may
+            // lead elsewhere by then.
+            format!("--files-root={}", ctx.files_root.display()),
             job_file.to_string_lossy().into_owned(),
         ],
         stdin,

@@ -510,3 +510,38 @@ fn a_file_in_several_extents_past_holes_comes_back_byte_for_byte() {
     assert!(back[BLOCK..3 * BLOCK].iter().all(|&b| b == 0), "the hole reads as zeros");
     assert!(back[3 * BLOCK..] == big[..big.len() - 100], "the data after the hole, cut at the file's size");
 }
+
+/// The reviewer's attack: the host path was checked, then a write-back of
+/// another job planted a symlink in one of its components (here its parent,
+/// pointing at a tree of the same shape elsewhere). Nothing goes there.
+#[test]
+fn a_symlink_planted_on_the_way_after_validation_is_refused_not_followed() {
+    let s = setup();
+    let mut g = Guest::open(&s.image);
+    let data = g.dir_of("/data");
+    g.file(data, "planted", 1, 0o644, b"guest's");
+    let out = g.dir_of("/out");
+    g.file(out, "o.txt", 0, 0o644, b"guest's");
+    g.close();
+    let image = Image::open(&s.image).unwrap();
+    let victim = s.tmp.path().join("victim");
+    fs::create_dir_all(victim.join("host")).unwrap();
+    fs::write(victim.join("host/precious"), "kept").unwrap();
+    let parent = s.host.parent().unwrap();
+    fs::rename(parent, s.tmp.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, parent).unwrap();
+
+    let e = write_back(&image, 1, &s.host, image.size()).unwrap_err();
+    assert!(matches!(e, CollectError::Entry { problem: EntryProblem::NotADirectory, .. }), "{e}");
+    assert_eq!(names(&victim.join("host")), ["precious"]);
+    assert_eq!(names(&victim), ["host"], "no staging copy there either");
+    assert_eq!(crate::job::collect::remove_stale_staging(&s.host), 0);
+
+    // The outputs directory, existing or to be made beneath the link.
+    for dest in [victim.clone(), victim.join("new/deeper")] {
+        let dest = parent.join(dest.strip_prefix(&victim).unwrap());
+        let e = collect_outputs(&image, 0, &dest, MIB).unwrap_err();
+        assert!(matches!(e, CollectError::Entry { problem: EntryProblem::NotADirectory, .. }), "{e}");
+    }
+    assert_eq!(names(&victim), ["host"]);
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use mvm_wasi::fsimage::{Inode, Kind, Limits, Metadata, Mount, Superblock, BLOCK, NO_MOUNT, ROOT};
 
 use crate::job::image::{build_image, preopens, EntryProblem, ImageError, ImageMount, Source};
+use crate::job::spec::Input;
 
 pub(super) const LIMITS: Limits = Limits { max_inodes: 1 << 20, max_extents: 1 << 30 };
 
@@ -101,7 +102,7 @@ fn an_image_holds_every_mount_and_the_directories_that_lead_to_them() {
         ImageMount {
             guest: "/in".into(),
             read_only: true,
-            source: Source::Files(vec![tmp.path().join("words.txt")]),
+            source: Source::Files(vec![Input { name: "words.txt".into(), path: tmp.path().join("words.txt") }]),
             label: "files.inputs".into(),
         },
         ImageMount { guest: "/out".into(), read_only: false, source: Source::Empty, label: "files.outputs".into() },
@@ -288,7 +289,7 @@ fn a_jobs_mounts_are_its_shorthands_then_its_mounts_in_file_order() {
             ImageMount {
                 guest: "/in".into(),
                 read_only: true,
-                source: Source::Files(vec![dir.join("words.txt")]),
+                source: Source::Files(vec![Input { name: "words.txt".into(), path: dir.join("words.txt") }]),
                 label: "files.inputs".into()
             },
             ImageMount { guest: "/out".into(), read_only: false, source: Source::Empty, label: "files.outputs".into() },
@@ -325,4 +326,26 @@ fn a_mount_that_changed_type_since_validation_is_refused() {
     };
     let e = build_image(&tmp.path().join("b.img"), &[as_file], 1).unwrap_err();
     assert!(matches!(e, ImageError::Entry { problem: EntryProblem::Changed, .. }), "{e}");
+}
+
+/// A mount's host path and an input, checked at validation, then a symlink
+/// planted in a component (as another job's write-back could): the image
+/// is not built from where the link leads.
+#[test]
+fn a_symlink_planted_on_the_way_after_validation_is_refused_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    fs::create_dir_all(secret.join("d")).unwrap();
+    fs::write(secret.join("d/f"), "secret").unwrap();
+    std::os::unix::fs::symlink(&secret, tmp.path().join("a")).unwrap();
+    let input = Input { name: "f".into(), path: tmp.path().join("a/d/f") };
+    let cases = [
+        host_mount("/m", &tmp.path().join("a/d"), true),
+        host_mount("/m", &tmp.path().join("a/d/f"), true),
+        ImageMount { guest: "/in".into(), read_only: true, source: Source::Files(vec![input]), label: String::new() },
+    ];
+    for mount in cases {
+        let e = build_image(&tmp.path().join("i.img"), std::slice::from_ref(&mount), 1).unwrap_err();
+        assert!(matches!(e, ImageError::Entry { problem: EntryProblem::Symlinked, .. }), "{mount:?}: {e}");
+    }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::job::spec::Input;
 
 /// A files root holding `m.wat` and `data/in.txt`, a state dir beside it,
 /// and a file outside the root.
@@ -68,11 +69,13 @@ fn a_job_gets_absolute_paths_default_outputs_and_its_limits() {
     );
     let job_file = f.ctx.state_dir.join("jobs/abc/job.toml");
     let cache = format!("--cache-dir={}", f.ctx.state_dir.join("cache").display());
-    assert_eq!(launch.args, ["up", "--json", &cache, "--cache-max-mib=100", job_file.to_str().unwrap()]);
+    let root_arg = format!("--files-root={}", f.ctx.files_root.display());
+    assert_eq!(launch.args, ["up", "--json", &cache, "--cache-max-mib=100", &root_arg, job_file.to_str().unwrap()]);
     // The job file written is one `mvm up` accepts as it is.
     let anchor = f.ctx.state_dir.join("jobs/job.toml");
     let spec = JobSpec::parse(launch.job_toml.as_deref().unwrap(), &anchor, &f.ctx.host).unwrap();
-    assert_eq!(spec.inputs, Some(vec![root.join("data/in.txt")]));
+    let input = Input { name: "in.txt".into(), path: root.join("data/in.txt") };
+    assert_eq!(spec.inputs, Some(vec![input]));
     assert_eq!(spec.env, [("A".to_owned(), "b".to_owned())]);
     assert_eq!(launch.record.state, State::Created);
 }
