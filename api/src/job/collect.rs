@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use mvm_wasi::fsimage::{FormatError, Inode, Kind, Limits, Metadata, Superblock, BLOCK};
+use mvm_wasi::fsimage::{FormatError, Inode, Kind, Limits, Metadata, Superblock, BLOCK, NAME_MAX};
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 use tracing::warn;
@@ -50,9 +50,17 @@ use super::resolve;
 /// The deepest directory nesting brought back: each level holds a
 /// descriptor while its entries are written.
 pub const MAX_DEPTH: usize = 256;
+/// Extents of all files together that a job's image may hold: 16 GiB of
+/// data written as separate single blocks.
+const MAX_EXTENTS: u64 = 1 << 22;
 /// The largest metadata read, so a hostile superblock cannot make the host
-/// allocate the whole disk.
-const MAX_METADATA: u64 = 1 << 30;
+/// allocate the whole disk: what the caps allow, in fsimage.rs's layout
+/// (its header, then [`MAX_ENTRIES`] inodes of 51 bytes (fixed fields, kind,
+/// a count), as many entries of the longest name (2 + 255 + 8 bytes) and
+/// [`MAX_EXTENTS`] extents of 20 bytes): about 381 MiB. Symlink targets
+/// and the mount table have no cap of their own and fit in what names
+/// shorter than 255 bytes leave.
+const MAX_METADATA: u64 = 12 + MAX_ENTRIES * (51 + 2 + NAME_MAX as u64 + 8) + MAX_EXTENTS * 20;
 /// The permission bits a write-back restores: never set-user-ID nor
 /// set-group-ID, which the guest chooses freely and which, on a file mvm
 /// (perhaps root) owns, would run with mvm's rights.
@@ -137,7 +145,8 @@ impl Image {
         }
         let mut bytes = vec![0u8; sb.meta_len as usize];
         file.read_exact_at(&mut bytes, sb.meta_start * BLOCK_U64).map_err(read_err)?;
-        let limits = Limits { max_inodes: MAX_ENTRIES, max_extents: sb.total_blocks };
+        let max_extents = MAX_EXTENTS.min(sb.total_blocks);
+        let limits = Limits { max_inodes: MAX_ENTRIES, max_entries: MAX_ENTRIES, max_extents };
         let meta = Metadata::decode(&bytes, sb.total_blocks, limits).map_err(CollectError::Invalid)?;
         let by_ino = meta.inodes.iter().enumerate().map(|(i, inode)| (inode.ino, i)).collect();
         Ok(Image { path: path.to_owned(), file, total_blocks: sb.total_blocks, meta, by_ino })

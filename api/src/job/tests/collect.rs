@@ -477,13 +477,31 @@ fn a_superblock_that_claims_more_than_the_disk_or_too_much_metadata_is_refused()
     let e = Image::open(&s.image).err().unwrap();
     assert!(matches!(e, CollectError::Invalid(FormatError::Size { .. })), "{e}");
 
-    // Metadata of more than 1 GiB, on a (sparse) disk that holds it.
+    // More metadata than the caps allow (about 381 MiB), on a (sparse)
+    // disk that holds it.
     let file = fs::OpenOptions::new().write(true).open(&s.image).unwrap();
-    file.set_len(3 << 30).unwrap();
-    let sb = Superblock { total_blocks: (3 << 30) / BLOCK as u64, meta_start: 1, meta_len: (1 << 30) + 1 };
+    file.set_len(1 << 30).unwrap();
+    let too_much = 12 + 1_000_000 * (51 + 2 + 255 + 8) + (1 << 22) * 20 + 1;
+    let sb = Superblock { total_blocks: (1 << 30) / BLOCK as u64, meta_start: 1, meta_len: too_much };
     file.write_all_at(&sb.encode(), 0).unwrap();
     let e = Image::open(&s.image).err().unwrap();
-    assert!(matches!(e, CollectError::MetadataTooLarge(len) if len == (1 << 30) + 1), "{e}");
+    assert!(matches!(e, CollectError::MetadataTooLarge(len) if len == too_much), "{e}");
+}
+
+/// Short names of one file cost the host far more decoded than encoded:
+/// their number is capped, across all directories.
+#[test]
+fn more_entries_than_a_tree_may_hold_are_refused() {
+    let s = setup_with_room(32);
+    let mut g = Guest::open(&s.image);
+    let data = g.dir_of("/data");
+    let ino = g.file(data, "f", 1, 0o644, b"x");
+    let Kind::Dir(entries) = &mut g.inode_mut(data).kind else { unreachable!() };
+    entries.extend((0..1_000_000).map(|i| (format!("{i:x}"), ino)));
+    entries.sort();
+    g.close();
+    let e = Image::open(&s.image).err().unwrap();
+    assert!(matches!(e, CollectError::Invalid(FormatError::TooManyEntries)), "{e}");
 }
 
 #[test]

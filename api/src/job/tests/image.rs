@@ -10,7 +10,7 @@ use mvm_wasi::fsimage::{Inode, Kind, Limits, Metadata, Mount, Superblock, BLOCK,
 use crate::job::image::{build_image, preopens, EntryProblem, ImageError, ImageMount, Source};
 use crate::job::spec::Input;
 
-pub(super) const LIMITS: Limits = Limits { max_inodes: 1 << 20, max_extents: 1 << 30 };
+pub(super) const LIMITS: Limits = Limits { max_inodes: 1 << 20, max_entries: 1 << 20, max_extents: 1 << 30 };
 
 /// An image's superblock and metadata, and its inodes by number.
 pub(super) struct Decoded {
