@@ -486,8 +486,16 @@ pub fn remove_stale_staging(host: &Path) -> usize {
 }
 
 /// Removes `name` in `parent` and everything beneath it, by descriptor
-/// (never following a link), making directories writable as it goes.
+/// (never following a link), making directories writable as it goes. A
+/// directory on another filesystem than `parent` (a mount point, mounted
+/// since the tree was staged) is never entered: its files are not the
+/// tree's. It stays, and the removal fails with `EXDEV`.
 fn remove_tree(parent: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
+    let dev = rustix::fs::fstat(parent)?.st_dev;
+    remove_tree_on(parent, name, dev)
+}
+
+fn remove_tree_on(parent: BorrowedFd<'_>, name: &Path, dev: u64) -> Result<(), Errno> {
     match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
         Ok(()) => return Ok(()),
         Err(Errno::ISDIR | Errno::PERM) => {}
@@ -496,6 +504,9 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
     }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(parent, name, flags, Mode::empty())?;
+    if rustix::fs::fstat(&fd)?.st_dev != dev {
+        return Err(Errno::XDEV);
+    }
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
     let mut names = Vec::new();
     for entry in rustix::fs::Dir::read_from(&fd)? {
@@ -506,7 +517,7 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
         }
     }
     for child in names {
-        remove_tree(fd.as_fd(), &child)?;
+        remove_tree_on(fd.as_fd(), &child, dev)?;
     }
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
 }

@@ -16,7 +16,9 @@
 //! while it is staged cannot make mvm read outside it or through a link.
 //! Symlinks are recorded as symlinks (their targets never followed on the
 //! host); hard links within one mount stay hard links; device files,
-//! sockets and FIFOs are refused, since the job would silently miss them.
+//! sockets and FIFOs are refused, since the job would silently miss them,
+//! and so is anything on another filesystem than its directory (a mount
+//! point), which a write-back would otherwise empty.
 //!
 //! Layout: the superblock in block 0, each file's data in contiguous runs
 //! of blocks from block 1 on (its holes left out, as they read as zeros),
@@ -88,6 +90,11 @@ pub enum EntryProblem {
     BadTarget,
     #[error("it changed while being staged; run the job again")]
     Changed,
+    #[error(
+        "on another filesystem than the mounted tree (a mount point inside it); unmount it, or mount a tree \
+         without it"
+    )]
+    OtherFilesystem,
     #[error(
         "its path now goes through a symbolic link, which it did not when the job file was read; \
          mvm follows none there: check what changed it"
@@ -372,11 +379,11 @@ impl Builder {
         path: &Path,
         guest: &str,
         fd: OwnedFd,
-        stat: &Stat,
+        dir_stat: &Stat,
     ) -> Result<u64, ImageError> {
         let read_err =
             |p: &Path, e: Errno| ImageError::Read { label: mount.label.clone(), path: p.to_owned(), source: e.into() };
-        let ino = self.push(index, perm(stat), 0, times(stat), Kind::Dir(Vec::new()))?;
+        let ino = self.push(index, perm(dir_stat), 0, times(dir_stat), Kind::Dir(Vec::new()))?;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::read_from(&fd).map_err(|e| read_err(path, e))? {
             let entry = entry.map_err(|e| read_err(path, e))?;
@@ -403,6 +410,12 @@ impl Builder {
             let kind = FileType::from_raw_mode(stat.st_mode);
             if self.left_for_mount(&child_guest, kind == FileType::Directory) {
                 continue;
+            }
+            // A mount point (or a file of another filesystem): a rw tree's
+            // write-back would empty it when removing the old tree, and an
+            // ro tree would reach beyond what was named.
+            if stat.st_dev != dir_stat.st_dev {
+                return Err(entry_err(EntryProblem::OtherFilesystem));
             }
             let child = match kind {
                 FileType::Directory => {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use mvm_wasi::fsimage::{Extent, FormatError, Inode, Kind, Metadata, Superblock, BLOCK};
 
-use super::image::{host_mount, lookup, tree, Decoded};
+use super::image::{host_mount, lookup, tree, Decoded, Tmpfs};
 use crate::job::collect::{collect_outputs, write_back, CollectError, EntryProblem, Image, OutputFile};
 use crate::job::image::{build_image, ImageMount, Source};
 
@@ -562,4 +562,21 @@ fn a_symlink_planted_on_the_way_after_validation_is_refused_not_followed() {
         assert!(matches!(e, CollectError::Entry { problem: EntryProblem::NotADirectory, .. }), "{e}");
     }
     assert_eq!(names(&victim), ["host"]);
+}
+
+/// A filesystem mounted inside a rw tree after it was staged: the tree is
+/// swapped all the same, but removing the old one never enters the mount.
+#[test]
+fn removing_the_old_tree_never_enters_another_filesystem() {
+    let s = setup();
+    let image = Image::open(&s.image).unwrap();
+    fs::create_dir(s.host.join("sub/mnt")).unwrap();
+    let Some(mut tmpfs) = Tmpfs::mount(&s.host.join("sub/mnt")) else { return };
+    fs::write(s.host.join("sub/mnt/theirs"), "not the tree's").unwrap();
+    write_back(&image, 1, &s.host, image.size()).unwrap();
+    let parent = s.host.parent().unwrap();
+    let staging: Vec<String> = names(parent).into_iter().filter(|n| n.starts_with(".host.mvm-")).collect();
+    assert_eq!(staging.len(), 1, "the old tree stays where the mount keeps it");
+    tmpfs.moved_to(&parent.join(&staging[0]).join("sub/mnt"));
+    assert_eq!(fs::read(parent.join(&staging[0]).join("sub/mnt/theirs")).unwrap(), b"not the tree's");
 }

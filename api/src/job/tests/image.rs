@@ -71,6 +71,31 @@ pub(super) fn host_mount(guest: &str, host: &Path, read_only: bool) -> ImageMoun
     ImageMount { guest: guest.into(), read_only, source, label: format!("files.mount {guest}") }
 }
 
+/// A tmpfs mounted at a directory for as long as it lives; `None` where
+/// mvm's tests may not mount (not root).
+pub(super) struct Tmpfs(std::ffi::CString);
+
+impl Tmpfs {
+    pub(super) fn mount(at: &Path) -> Option<Tmpfs> {
+        let path = std::ffi::CString::new(at.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call; no data.
+        let mounted = unsafe { libc::mount(c"none".as_ptr(), path.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
+        (mounted == 0).then_some(Tmpfs(path))
+    }
+
+    /// Where it is now that a directory above it was renamed.
+    pub(super) fn moved_to(&mut self, at: &Path) {
+        self.0 = std::ffi::CString::new(at.as_os_str().as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // SAFETY: a NUL-terminated path this value owns.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 /// A host tree: `top.txt`, `sub/inner.bin` (just over 1 MiB), `sub/empty`,
 /// `sub/link` (a symlink out of the tree), `sub/hard` (a hard link to
 /// `top.txt`), `nested` (a file a deeper mount hides).
@@ -347,5 +372,19 @@ fn a_symlink_planted_on_the_way_after_validation_is_refused_not_followed() {
     for mount in cases {
         let e = build_image(&tmp.path().join("i.img"), std::slice::from_ref(&mount), 1).unwrap_err();
         assert!(matches!(e, ImageError::Entry { problem: EntryProblem::Symlinked, .. }), "{mount:?}: {e}");
+    }
+}
+
+#[test]
+fn a_mount_point_inside_a_mounted_tree_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host");
+    tree(&host);
+    fs::create_dir(host.join("sub/mnt")).unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&host.join("sub/mnt")) else { return };
+    for read_only in [true, false] {
+        let e = build_image(&tmp.path().join("i.img"), &[host_mount("/m", &host, read_only)], 1).unwrap_err();
+        let ImageError::Entry { path, problem: EntryProblem::OtherFilesystem, .. } = &e else { panic!("{e}") };
+        assert_eq!(path, &host.join("sub/mnt"));
     }
 }
