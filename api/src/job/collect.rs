@@ -417,7 +417,7 @@ impl Rebuild<'_> {
     }
 }
 
-enum Staged {
+pub(super) enum Staged {
     Dir(OwnedFd),
     File(File),
 }
@@ -432,15 +432,22 @@ fn staging_name(name: &OsStr, random: u64) -> PathBuf {
 
 const STAGING_INFIX: &str = ".mvm-";
 
-/// Makes an empty directory or file named `.NAME.mvm-RANDOM` in `parent`.
-fn make_staging(parent: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<(PathBuf, Staged), Errno> {
+/// Makes an empty directory or file named `.NAME.mvm-RANDOM` in `parent`;
+/// on error, nothing.
+pub(super) fn make_staging(parent: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<(PathBuf, Staged), Errno> {
     let mut bytes = [0u8; 8];
     for _ in 0..16 {
         rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
         let staging = staging_name(name, u64::from_le_bytes(bytes));
         let made = if is_dir {
             rustix::fs::mkdirat(parent, &staging, Mode::from_raw_mode(0o700))
-                .and_then(|()| open_dir(parent, &staging, false))
+                .and_then(|()| {
+                    open_dir(parent, &staging, false).inspect_err(|_| {
+                        // Made, but cannot be used (out of descriptors):
+                        // nothing else would remove it.
+                        let _ = rustix::fs::unlinkat(parent, &staging, AtFlags::REMOVEDIR);
+                    })
+                })
                 .map(Staged::Dir)
         } else {
             let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;

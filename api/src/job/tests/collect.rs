@@ -580,3 +580,37 @@ fn removing_the_old_tree_never_enters_another_filesystem() {
     tmpfs.moved_to(&parent.join(&staging[0]).join("sub/mnt"));
     assert_eq!(fs::read(parent.join(&staging[0]).join("sub/mnt/theirs")).unwrap(), b"not the tree's");
 }
+
+/// A staging directory made but not opened (here: out of descriptors) is
+/// removed at once. Run in a child process of its own, since the limit on
+/// descriptors is the whole process's.
+#[test]
+fn a_staging_directory_that_cannot_be_opened_is_not_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "job::tests::collect::out_of_descriptors_child", "--ignored", "--test-threads=1"])
+        .env("MVM_TEST_STAGING_DIR", tmp.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(names(tmp.path()), ["done"], "no staging directory left");
+}
+
+#[test]
+#[ignore = "run by a_staging_directory_that_cannot_be_opened_is_not_left"]
+fn out_of_descriptors_child() {
+    let Some(dir) = std::env::var_os("MVM_TEST_STAGING_DIR") else { return };
+    let dir = PathBuf::from(dir);
+    let parent = fs::File::open(&dir).unwrap();
+    let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
+    // SAFETY: a valid rlimit; this process runs this test alone.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let mut filler = Vec::new();
+    while let Ok(fd) = std::os::fd::AsFd::as_fd(&parent).try_clone_to_owned() {
+        filler.push(fd);
+    }
+    let made = crate::job::collect::make_staging(std::os::fd::AsFd::as_fd(&parent), "host".as_ref(), true);
+    assert_eq!(made.err(), Some(rustix::io::Errno::MFILE));
+    drop(filler);
+    fs::write(dir.join("done"), "").unwrap();
+}
