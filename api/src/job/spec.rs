@@ -321,6 +321,8 @@ pub enum Problem {
     Precompiled(String),
     #[error("{} is not under the files root {}", .path.display(), .root.display())]
     OutsideFilesRoot { path: PathBuf, root: PathBuf },
+    #[error("{} is the files root: a rw mount must lie strictly beneath it, since its new contents are staged beside it; mount a directory inside it", .0.display())]
+    RwFilesRoot(PathBuf),
     #[error("no such file: {}", .0.display())]
     NoSuchFile(PathBuf),
     #[error("cannot access {}: {kind}", .path.display())]
@@ -718,6 +720,9 @@ impl Resolver<'_> {
                 Some(other) => return Err(self.invalid(&format!("{key}.mode"), Problem::BadMode(other.to_owned()))),
             };
             if !read_only {
+                if self.files_root == Some(host.as_path()) {
+                    return Err(self.invalid(&host_key, Problem::RwFilesRoot(host)));
+                }
                 self.writable(&host_key, &host)?;
             }
             let at = Location { file: self.file.to_owned(), line: self.keys.line_of(&key) };

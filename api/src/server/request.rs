@@ -124,7 +124,18 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
         for (i, mount) in mounts.iter_mut().enumerate() {
             let Some(mount) = mount.as_object_mut() else { continue };
             if let Some(host) = mount.get("host").and_then(Value::as_str) {
-                let host = ctx.confine(&format!("{API_MOUNTS}[{i}].host"), host, false)?;
+                let key = format!("{API_MOUNTS}[{i}].host");
+                let host = ctx.confine(&key, host, false)?;
+                // Its new contents are staged in its parent directory and
+                // swapped in there: that must lie under the root too.
+                if host == ctx.files_root && mount.get("mode").and_then(Value::as_str) == Some("rw") {
+                    let root = ctx.files_root.display();
+                    let problem = format!(
+                        "a rw mount must lie strictly beneath the files root {root}, not be it: its new contents \
+                         are staged beside it; mount a directory inside it"
+                    );
+                    return Err(ApiError::field(&key, problem));
+                }
                 mount.insert("host".into(), path_value(&host));
             }
         }

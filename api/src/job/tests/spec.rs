@@ -588,4 +588,7 @@ fn with_a_files_root_every_host_path_must_lie_beneath_it() {
         let e = parse(&text).expect_err(key).to_string().replace(&dir.root.display().to_string(), "$DIR");
         assert!(e.ends_with(&format!("{key}: {path} is not under the files root $DIR/data")), "{e}");
     }
+    let e = parse(&format!("{m}[[files.mount]]\nhost = \".\"\nguest = \"/d\"\nmode = \"rw\"\n")).unwrap_err();
+    assert!(e.to_string().contains("files.mount[0].host: ") && e.to_string().contains("is the files root"), "{e}");
+    parse(&format!("{m}[[files.mount]]\nhost = \".\"\nguest = \"/d\"\n")).unwrap();
 }

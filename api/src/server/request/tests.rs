@@ -410,6 +410,18 @@ fn mounts_are_confined_to_the_files_root_and_named_as_the_request_names_them() {
         (mount(json!(f.outside), "/x"), StatusCode::FORBIDDEN, "files.mounts[0].host", "must be under the files root"),
         (mount(json!("nope"), "/x"), StatusCode::BAD_REQUEST, "files.mounts[0].host", "no such file"),
         (mount(json!("data"), "x/.."), StatusCode::BAD_REQUEST, "files.mounts[0].guest", "must be an absolute path"),
+        (
+            json!({ "run": wasm, "files": { "mounts": [{ "host": root, "guest": "/x", "mode": "rw" }] } }),
+            StatusCode::BAD_REQUEST,
+            "files.mounts[0].host",
+            "a rw mount must lie strictly beneath the files root",
+        ),
+        (
+            json!({ "run": wasm, "files": { "mounts": [{ "host": ".", "guest": "/x", "mode": "rw" }] } }),
+            StatusCode::BAD_REQUEST,
+            "files.mounts[0].host",
+            "a rw mount must lie strictly beneath the files root",
+        ),
         (mount(json!(3), "/x"), StatusCode::BAD_REQUEST, "files.mounts[0].host", "expected a string"),
         (
             json!({ "run": wasm, "files": { "mounts": [{ "host": "data", "guets": "/x" }] } }),
