@@ -431,6 +431,10 @@ fn staging_name(name: &OsStr, random: u64) -> PathBuf {
 }
 
 const STAGING_INFIX: &str = ".mvm-";
+/// The longest name a rw mount's host path may end in: its staging name
+/// adds `.`, [`STAGING_INFIX`] and 16 hex digits, and must still be a name
+/// (255 bytes at most).
+pub const MAX_RW_NAME: usize = NAME_MAX - 1 - STAGING_INFIX.len() - 16;
 
 /// Makes an empty directory or file named `.NAME.mvm-RANDOM` in `parent`;
 /// on error, nothing.

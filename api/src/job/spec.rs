@@ -24,6 +24,7 @@ use tracing::warn;
 
 use mvm_wasi::fsimage::NAME_MAX;
 
+use super::collect::MAX_RW_NAME;
 use super::toml_keys::{join_key, KeyIndex, Lines, Spot};
 
 pub const DEFAULT_MEMORY_MIB: u64 = 64;
@@ -323,6 +324,8 @@ pub enum Problem {
     OutsideFilesRoot { path: PathBuf, root: PathBuf },
     #[error("{} is the files root: a rw mount must lie strictly beneath it, since its new contents are staged beside it; mount a directory inside it", .0.display())]
     RwFilesRoot(PathBuf),
+    #[error("{}: a rw mount's name may be at most {MAX_RW_NAME} bytes, so that its staging copy's (.NAME.mvm-RANDOM) is a name; rename it or mount its parent", .0.display())]
+    RwNameTooLong(PathBuf),
     #[error("no such file: {}", .0.display())]
     NoSuchFile(PathBuf),
     #[error("cannot access {}: {kind}", .path.display())]
@@ -722,6 +725,9 @@ impl Resolver<'_> {
             if !read_only {
                 if self.files_root == Some(host.as_path()) {
                     return Err(self.invalid(&host_key, Problem::RwFilesRoot(host)));
+                }
+                if host.file_name().is_some_and(|n| n.len() > MAX_RW_NAME) {
+                    return Err(self.invalid(&host_key, Problem::RwNameTooLong(host)));
                 }
                 self.writable(&host_key, &host)?;
             }

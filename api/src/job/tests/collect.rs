@@ -587,12 +587,12 @@ fn removing_the_old_tree_never_enters_another_filesystem() {
 #[test]
 fn a_staging_directory_that_cannot_be_opened_is_not_left() {
     let tmp = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "job::tests::collect::out_of_descriptors_child", "--ignored", "--test-threads=1"])
         .env("MVM_TEST_STAGING_DIR", tmp.path())
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(child.status.success(), "{}", String::from_utf8_lossy(&child.stdout));
     assert_eq!(names(tmp.path()), ["done"], "no staging directory left");
 }
 
@@ -613,4 +613,23 @@ fn out_of_descriptors_child() {
     assert_eq!(made.err(), Some(rustix::io::Errno::MFILE));
     drop(filler);
     fs::write(dir.join("done"), "").unwrap();
+}
+
+/// The longest name validation lets a rw mount have still leaves room for
+/// its staging copy's.
+#[test]
+fn a_rw_mount_with_the_longest_name_allowed_is_written_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("h".repeat(crate::job::collect::MAX_RW_NAME));
+    fs::create_dir(&host).unwrap();
+    let image = tmp.path().join("fs.img");
+    build_image(&image, &[host_mount("/d", &host, false)], 1).unwrap();
+    let mut g = Guest::open(&image);
+    let root = g.meta.mounts[0].root;
+    g.file(root, "new", 0, 0o644, b"x");
+    g.close();
+    let opened = Image::open(&image).unwrap();
+    write_back(&opened, 0, &host, opened.size()).unwrap();
+    assert_eq!(fs::read(host.join("new")).unwrap(), b"x");
+    assert_eq!(crate::job::collect::remove_stale_staging(&host), 0);
 }

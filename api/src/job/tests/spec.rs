@@ -592,3 +592,23 @@ fn with_a_files_root_every_host_path_must_lie_beneath_it() {
     assert!(e.to_string().contains("files.mount[0].host: ") && e.to_string().contains("is the files root"), "{e}");
     parse(&format!("{m}[[files.mount]]\nhost = \".\"\nguest = \"/d\"\n")).unwrap();
 }
+
+/// Its staging copy, `.NAME.mvm-` and 16 hex digits, must be a name too.
+#[test]
+fn a_rw_mounts_name_leaves_room_for_its_staging_copys() {
+    let dir = JobDir::new();
+    for len in [233, 234] {
+        fs::create_dir(dir.root.join("d".repeat(len))).unwrap();
+    }
+    let rw = |len: usize| {
+        format!("{MINIMAL}[[files.mount]]\nhost = \"{}\"\nguest = \"/d\"\nmode = \"rw\"\n", "d".repeat(len))
+    };
+    dir.parse(&rw(233)).unwrap();
+    let e = dir.err(&rw(234));
+    let expected = format!(
+        "$DIR/job.toml:4: files.mount[0].host: $DIR/{}: a rw mount's name may be at most 233 bytes",
+        "d".repeat(234)
+    );
+    assert!(e.starts_with(&expected), "{e}");
+    dir.parse(&rw(234).replace("rw", "ro")).unwrap();
+}
