@@ -67,10 +67,11 @@ enum Command {
         #[arg(long, value_name = "SOCKET", conflicts_with_all = ["cache_dir", "cache_max_mib"])]
         remote: Option<PathBuf>,
         /// Refuse any host path the job file names (module, kernel, stdin, inputs, outputs,
-        /// mounts) that is not under DIR once symlinks are resolved. Used by `mvm serve`, which
-        /// passes its own --files-root.
+        /// mounts) that is not under DIR once symlinks are resolved; repeatable (under any of
+        /// them). Used by `mvm serve`, which passes its own --files-root (and its directory of
+        /// default outputs).
         #[arg(long, value_name = "DIR", conflicts_with = "remote")]
-        files_root: Option<PathBuf>,
+        files_root: Vec<PathBuf>,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -226,7 +227,7 @@ fn main() -> ExitCode {
         Command::Check => check(cli.kvm_device),
         Command::Up { job, json, remote: None, files_root, cache } => {
             let cache = cache::for_job(cache.cache_dir, cache.cache_max_mib);
-            up::up(&job, json, cli.kvm_device, cache.as_ref(), files_root.as_deref())
+            up::up(&job, json, cli.kvm_device, cache.as_ref(), &files_root)
         }
         Command::Up { job, json, remote: Some(socket), .. } => remote::up(&job, json, &socket),
         Command::Cache { cache_dir, action } => cache::run(cache_dir, action.unwrap_or(CacheAction::Show)),

@@ -373,29 +373,30 @@ pub enum Problem {
 impl JobSpec {
     /// Reads and checks the job file at `path`.
     pub fn load(path: &Path, host: &HostLimits) -> Result<JobSpec, SpecError> {
-        JobSpec::load_beneath(path, host, None)
+        JobSpec::load_beneath(path, host, &[])
     }
 
     /// [`JobSpec::load`], refusing any host path the job names (module,
     /// kernel, stdin, inputs, outputs, mounts) that does not lie beneath
-    /// `files_root` (canonical) once symlinks are resolved.
-    pub fn load_beneath(path: &Path, host: &HostLimits, files_root: Option<&Path>) -> Result<JobSpec, SpecError> {
+    /// one of `files_roots` (canonical) once symlinks are resolved, unless
+    /// there are none.
+    pub fn load_beneath(path: &Path, host: &HostLimits, files_roots: &[PathBuf]) -> Result<JobSpec, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
-        JobSpec::parse_beneath(&text, path, host, files_root)
+        JobSpec::parse_beneath(&text, path, host, files_roots)
     }
 
     /// Checks a job file's text. `file` is what messages call the file, and
     /// its directory (which must exist) is the base of relative paths.
     pub fn parse(text: &str, file: &Path, host: &HostLimits) -> Result<JobSpec, SpecError> {
-        JobSpec::parse_beneath(text, file, host, None)
+        JobSpec::parse_beneath(text, file, host, &[])
     }
 
-    /// [`JobSpec::parse`], with [`JobSpec::load_beneath`]'s `files_root`.
+    /// [`JobSpec::parse`], with [`JobSpec::load_beneath`]'s `files_roots`.
     pub fn parse_beneath(
         text: &str,
         file: &Path,
         host: &HostLimits,
-        files_root: Option<&Path>,
+        files_roots: &[PathBuf],
     ) -> Result<JobSpec, SpecError> {
         let root = toml::de::DeTable::parse(text).map_err(|e| SpecError::Toml {
             at: Location { file: file.to_owned(), line: e.span().map(|s| Lines::new(text).line_of(s.start)) },
@@ -408,7 +409,7 @@ impl JobSpec {
             _ => Path::new("."),
         };
         let dir = std::fs::canonicalize(parent).map_err(|source| SpecError::Dir { path: parent.to_owned(), source })?;
-        Resolver { file, dir, keys: &keys, host, files_root }.resolve(raw)
+        Resolver { file, dir, keys: &keys, host, files_roots }.resolve(raw)
     }
 
     /// The guest's whole argv: the module's file name, then [`JobSpec::args`].
@@ -470,7 +471,7 @@ struct Resolver<'a> {
     dir: PathBuf,
     keys: &'a KeyIndex,
     host: &'a HostLimits,
-    files_root: Option<&'a Path>,
+    files_roots: &'a [PathBuf],
 }
 
 impl Resolver<'_> {
@@ -642,15 +643,15 @@ impl Resolver<'_> {
         Ok(self.dir.join(path))
     }
 
-    /// `path`, unchanged, when there is no files root or it lies beneath it
-    /// once symlinks are resolved.
+    /// `path`, unchanged, when there are no files roots or it lies beneath
+    /// one once symlinks are resolved.
     fn confined(&self, key: &str, path: PathBuf) -> Result<PathBuf, SpecError> {
-        match self.files_root {
-            Some(root) if !real_path(&path).starts_with(root) => {
-                Err(self.invalid(key, Problem::OutsideFilesRoot { path: real_path(&path), root: root.to_owned() }))
-            }
-            _ => Ok(path),
+        let Some(first) = self.files_roots.first() else { return Ok(path) };
+        let real = real_path(&path);
+        if self.files_roots.iter().any(|root| real.starts_with(root)) {
+            return Ok(path);
         }
+        Err(self.invalid(key, Problem::OutsideFilesRoot { path: real, root: first.clone() }))
     }
 
     fn inputs(&self, inputs: Vec<String>) -> Result<Vec<Input>, SpecError> {
@@ -723,7 +724,7 @@ impl Resolver<'_> {
                 Some(other) => return Err(self.invalid(&format!("{key}.mode"), Problem::BadMode(other.to_owned()))),
             };
             if !read_only {
-                if self.files_root == Some(host.as_path()) {
+                if self.files_roots.contains(&host) {
                     return Err(self.invalid(&host_key, Problem::RwFilesRoot(host)));
                 }
                 if host.file_name().is_some_and(|n| n.len() > MAX_RW_NAME) {

@@ -95,8 +95,11 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
 
 /// Where a job's outputs land when the request names no directory.
 pub fn default_outputs(state_dir: &Path, id: &str) -> PathBuf {
-    state_dir.join("outputs").join(id)
+    state_dir.join(OUTPUTS_DIR).join(id)
 }
+
+/// Under the state directory: every job's default outputs directory.
+const OUTPUTS_DIR: &str = "outputs";
 
 /// A `POST /v1/jobs` body, checked.
 pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Launch, ApiError> {
@@ -184,19 +187,24 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
         outputs_max_mib: Some(spec.outputs_max_bytes >> 20),
     };
     let job_file = machine_dir(&ctx.state_dir, id).join("job.toml");
+    let mut args = vec![
+        "up".into(),
+        "--json".into(),
+        format!("--cache-dir={}", cache_dir(&ctx.state_dir).display()),
+        format!("--cache-max-mib={}", ctx.cache_max_mib),
+        // The child checks the paths again as it loads them: they may
+        // lead elsewhere by then.
+        format!("--files-root={}", ctx.files_root.display()),
+    ];
+    if raw.files.outputs.is_none() && !has_mounts {
+        // The daemon's own choice, in its state directory.
+        args.push(format!("--files-root={}", ctx.state_dir.join(OUTPUTS_DIR).display()));
+    }
+    args.push(job_file.to_string_lossy().into_owned());
     Ok(Launch {
         record: new_record(id, Kind::Job, spec.name, Value::Object(obj), limits, spec.outputs, now),
         job_toml: Some(toml),
-        args: vec![
-            "up".into(),
-            "--json".into(),
-            format!("--cache-dir={}", cache_dir(&ctx.state_dir).display()),
-            format!("--cache-max-mib={}", ctx.cache_max_mib),
-            // The child checks the paths again as it loads them: they may
-            // lead elsewhere by then.
-            format!("--files-root={}", ctx.files_root.display()),
-            job_file.to_string_lossy().into_owned(),
-        ],
+        args,
         stdin,
     })
 }

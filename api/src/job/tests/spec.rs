@@ -571,7 +571,8 @@ fn with_a_files_root_every_host_path_must_lie_beneath_it() {
     fs::write(root.join("m.wasm"), b"\0asm\x01\0\0\0").unwrap();
     fs::create_dir(root.join("sub")).unwrap();
     std::os::unix::fs::symlink(dir.root.join("other"), root.join("escape")).unwrap();
-    let parse = |text: &str| JobSpec::parse_beneath(text, &root.join("job.toml"), &HOST, Some(&root));
+    let roots = [root.clone()];
+    let parse = |text: &str| JobSpec::parse_beneath(text, &root.join("job.toml"), &HOST, &roots);
     let ok = "[run]\nwasm = \"m.wasm\"\nstdin = \"words.txt\"\n[files]\ninputs = [\"words.txt\"]\noutputs = \"out\"\n\
               [[files.mount]]\nhost = \"sub\"\nguest = \"/d\"\n";
     parse(ok).unwrap();

@@ -69,8 +69,14 @@ fn a_job_gets_absolute_paths_default_outputs_and_its_limits() {
     );
     let job_file = f.ctx.state_dir.join("jobs/abc/job.toml");
     let cache = format!("--cache-dir={}", f.ctx.state_dir.join("cache").display());
+    // The child checks its paths again: under the files root, or (the
+    // default outputs) the state directory's outputs.
     let root_arg = format!("--files-root={}", f.ctx.files_root.display());
-    assert_eq!(launch.args, ["up", "--json", &cache, "--cache-max-mib=100", &root_arg, job_file.to_str().unwrap()]);
+    let outputs_root = format!("--files-root={}", f.ctx.state_dir.join("outputs").display());
+    let job_file = job_file.to_str().unwrap();
+    assert_eq!(launch.args, ["up", "--json", &cache, "--cache-max-mib=100", &root_arg, &outputs_root, job_file]);
+    let chosen = job(&f, json!({ "run": { "wasm": "m.wat" }, "files": { "outputs": "o" } })).unwrap();
+    assert_eq!(chosen.args, ["up", "--json", &cache, "--cache-max-mib=100", &root_arg, job_file]);
     // The job file written is one `mvm up` accepts as it is.
     let anchor = f.ctx.state_dir.join("jobs/job.toml");
     let spec = JobSpec::parse(launch.job_toml.as_deref().unwrap(), &anchor, &f.ctx.host).unwrap();
