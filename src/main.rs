@@ -66,6 +66,12 @@ enum Command {
         /// The daemon compiles the module, with its own cache.
         #[arg(long, value_name = "SOCKET", conflicts_with_all = ["cache_dir", "cache_max_mib"])]
         remote: Option<PathBuf>,
+        /// Refuse any host path the job file names (module, kernel, stdin, inputs, outputs,
+        /// mounts) that is not under DIR once symlinks are resolved; repeatable (under any of
+        /// them). Used by `mvm serve`, which passes its own --files-root (and its directory of
+        /// default outputs).
+        #[arg(long, value_name = "DIR", conflicts_with = "remote")]
+        files_root: Vec<PathBuf>,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -219,8 +225,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot(args, cli.kvm_device),
         Command::Check => check(cli.kvm_device),
-        Command::Up { job, json, remote: None, cache } => {
-            up::up(&job, json, cli.kvm_device, cache::for_job(cache.cache_dir, cache.cache_max_mib).as_ref())
+        Command::Up { job, json, remote: None, files_root, cache } => {
+            let cache = cache::for_job(cache.cache_dir, cache.cache_max_mib);
+            up::up(&job, json, cli.kvm_device, cache.as_ref(), &files_root)
         }
         Command::Up { job, json, remote: Some(socket), .. } => remote::up(&job, json, &socket),
         Command::Cache { cache_dir, action } => cache::run(cache_dir, action.unwrap_or(CacheAction::Show)),

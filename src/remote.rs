@@ -49,7 +49,7 @@ fn request(spec: &JobSpec) -> Value {
     let env: Map<String, Value> = spec.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let mut files = Map::new();
     if let Some(inputs) = &spec.inputs {
-        let inputs: Vec<_> = inputs.iter().map(|p| absolute_file(p).to_string_lossy().into_owned()).collect();
+        let inputs: Vec<_> = inputs.iter().map(|i| i.path.to_string_lossy().into_owned()).collect();
         files.insert("inputs".into(), json!(inputs));
     }
     if let Some(outputs) = &spec.outputs {

@@ -238,10 +238,23 @@ fn job_stdin(spec: &JobSpec, own: File) -> anyhow::Result<File> {
 }
 
 /// Runs the job at `job_file`; its compiled code comes from and goes to
-/// `cache` (`None`: compiled for this run only).
-pub fn up(job_file: &Path, json: bool, kvm_path: PathBuf, cache: Option<&Cache>) -> anyhow::Result<u8> {
+/// `cache` (`None`: compiled for this run only). With `files_roots`, every
+/// host path the job names must lie beneath one of them.
+pub fn up(
+    job_file: &Path,
+    json: bool,
+    kvm_path: PathBuf,
+    cache: Option<&Cache>,
+    files_roots: &[PathBuf],
+) -> anyhow::Result<u8> {
     let own = own_stdin()?;
-    let spec = JobSpec::load(job_file, &HostLimits::detect())?;
+    let files_roots = files_roots
+        .iter()
+        .map(|root| {
+            std::fs::canonicalize(root).with_context(|| format!("--files-root: cannot resolve {}", root.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let spec = JobSpec::load_beneath(job_file, &HostLimits::detect(), &files_roots)?;
     let stdin = job_stdin(&spec, own)?;
     let work = tempfile::Builder::new().prefix("mvm-job-").tempdir().context("cannot make a temporary directory")?;
     // Before compiling: the compiler's worker threads must inherit the
@@ -422,7 +435,7 @@ mod tests {
         .unwrap();
         let kvm = dir.path().join("no-kvm");
         let cache = Cache::new(dir.path().join("cache"), 64 << 20);
-        let err = up(&dir.path().join("job.toml"), false, kvm.clone(), Some(&cache)).unwrap_err();
+        let err = up(&dir.path().join("job.toml"), false, kvm.clone(), Some(&cache), &[]).unwrap_err();
         let message = format!("{err:#}");
         let expected = format!("cannot run the job's VM: {}: ", kvm.display());
         assert!(message.starts_with(&expected), "{message}");

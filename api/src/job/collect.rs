@@ -13,7 +13,7 @@
 //! - a rw `[[files.mount]]` is rebuilt whole into a staging directory
 //!   beside it (`.NAME.mvm-RANDOM`, same filesystem), with its files,
 //!   directories and symlinks (created as links, never followed),
-//!   permission bits and times; then swapped into place in one step
+//!   permission bits (less set-user-ID and set-group-ID) and times; then swapped into place in one step
 //!   (`renameat2(RENAME_EXCHANGE)`; a file mount: `rename` over it) and
 //!   the old tree removed. Entries are mvm's user's, except that mvm run
 //!   by root gives them the owner of the tree they replace. Any failure
@@ -24,7 +24,8 @@
 //!
 //! Every host path is reached from a directory descriptor one component at
 //! a time with `O_NOFOLLOW`, so a symlink already in a destination is
-//! refused, never followed.
+//! refused, never followed; the destinations themselves, canonical since
+//! the job file was read, are opened following no symlink ([`resolve`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -37,20 +38,33 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use mvm_wasi::fsimage::{FormatError, Inode, Kind, Limits, Metadata, Superblock, BLOCK};
+use mvm_wasi::fsimage::{FormatError, Inode, Kind, Limits, Metadata, Superblock, BLOCK, NAME_MAX};
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 use tracing::warn;
 
 use super::copy::{copy_range, CopyError, Span};
 use super::image::MAX_ENTRIES;
+use super::resolve;
 
 /// The deepest directory nesting brought back: each level holds a
 /// descriptor while its entries are written.
 pub const MAX_DEPTH: usize = 256;
+/// Extents of all files together that a job's image may hold: 16 GiB of
+/// data written as separate single blocks.
+const MAX_EXTENTS: u64 = 1 << 22;
 /// The largest metadata read, so a hostile superblock cannot make the host
-/// allocate the whole disk.
-const MAX_METADATA: u64 = 1 << 30;
+/// allocate the whole disk: what the caps allow, in fsimage.rs's layout
+/// (its header, then [`MAX_ENTRIES`] inodes of 51 bytes (fixed fields, kind,
+/// a count), as many entries of the longest name (2 + 255 + 8 bytes) and
+/// [`MAX_EXTENTS`] extents of 20 bytes): about 381 MiB. Symlink targets
+/// and the mount table have no cap of their own and fit in what names
+/// shorter than 255 bytes leave.
+const MAX_METADATA: u64 = 12 + MAX_ENTRIES * (51 + 2 + NAME_MAX as u64 + 8) + MAX_EXTENTS * 20;
+/// The permission bits a write-back restores: never set-user-ID nor
+/// set-group-ID, which the guest chooses freely and which, on a file mvm
+/// (perhaps root) owns, would run with mvm's rights.
+const KEPT_PERM: u32 = 0o1777;
 const BLOCK_U64: u64 = BLOCK as u64;
 const MIB: u64 = 1 << 20;
 /// The most copied between two looks at whether mvm was interrupted.
@@ -131,7 +145,8 @@ impl Image {
         }
         let mut bytes = vec![0u8; sb.meta_len as usize];
         file.read_exact_at(&mut bytes, sb.meta_start * BLOCK_U64).map_err(read_err)?;
-        let limits = Limits { max_inodes: MAX_ENTRIES, max_extents: sb.total_blocks };
+        let max_extents = MAX_EXTENTS.min(sb.total_blocks);
+        let limits = Limits { max_inodes: MAX_ENTRIES, max_entries: MAX_ENTRIES, max_extents };
         let meta = Metadata::decode(&bytes, sb.total_blocks, limits).map_err(CollectError::Invalid)?;
         let by_ino = meta.inodes.iter().enumerate().map(|(i, inode)| (inode.ino, i)).collect();
         Ok(Image { path: path.to_owned(), file, total_blocks: sb.total_blocks, meta, by_ino })
@@ -201,11 +216,9 @@ pub fn collect_outputs(image: &Image, mount: u32, dest: &Path, max_bytes: u64) -
     if !matches!(root.kind, Kind::Dir(_)) {
         return Err(CollectError::Entry { path: dest.to_owned(), problem: EntryProblem::RootNotDir });
     }
-    std::fs::create_dir_all(dest).map_err(|source| write_err(dest, source))?;
-    // `dest` itself is the user's choice and may be a symlink; only what is
-    // below it is walked without following links.
-    let root_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let dest_fd = rustix::fs::open(dest, root_flags, Mode::empty()).map_err(|e| write_err(dest, e.into()))?;
+    // `dest` was made canonical when the job file was read: a symlink on
+    // its way now was planted since, and is refused.
+    let dest_fd = resolve::create_dirs(dest).map_err(|e| fs_err(e, dest))?;
     let mut out = Outputs { image, mount, dest, max_bytes, summary: OutputSummary::default(), entries: 0 };
     out.dir(dest_fd.as_fd(), root, Path::new(""), 0)?;
     out.summary.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -280,8 +293,9 @@ pub fn write_back(image: &Image, mount: u32, host: &Path, max_bytes: u64) -> Res
     let (Some(parent), Some(name)) = (host.parent(), host.file_name()) else {
         return Err(write_err(host, io::ErrorKind::InvalidInput.into()));
     };
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let parent_fd = rustix::fs::open(parent, dir_flags, Mode::empty()).map_err(|e| write_err(parent, e.into()))?;
+    // `host` is canonical (see `resolve`).
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
+    let parent_fd = resolve::open(parent, dir_flags).map_err(|e| fs_err(e, parent))?;
     let host_stat =
         rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| write_err(host, e.into()))?;
     let is_dir = rustix::fs::FileType::from_raw_mode(host_stat.st_mode) == rustix::fs::FileType::Directory;
@@ -394,16 +408,16 @@ impl Rebuild<'_> {
     /// change its mtime, and its bits may forbid adding them.
     fn finish(&self, fd: BorrowedFd<'_>, inode: &Inode, path: &Path) -> Result<(), CollectError> {
         let err = |e: Errno| write_err(path, e.into());
-        // Before the bits: a change of owner clears set-user-ID.
+        // Before the bits: a change of owner may clear some of them.
         if let Some((uid, gid)) = self.owner {
             rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(err)?;
         }
         rustix::fs::futimens(fd, &timestamps(inode)).map_err(err)?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(u32::from(inode.perm))).map_err(err)
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(u32::from(inode.perm) & KEPT_PERM)).map_err(err)
     }
 }
 
-enum Staged {
+pub(super) enum Staged {
     Dir(OwnedFd),
     File(File),
 }
@@ -417,16 +431,27 @@ fn staging_name(name: &OsStr, random: u64) -> PathBuf {
 }
 
 const STAGING_INFIX: &str = ".mvm-";
+/// The longest name a rw mount's host path may end in: its staging name
+/// adds `.`, [`STAGING_INFIX`] and 16 hex digits, and must still be a name
+/// (255 bytes at most).
+pub const MAX_RW_NAME: usize = NAME_MAX - 1 - STAGING_INFIX.len() - 16;
 
-/// Makes an empty directory or file named `.NAME.mvm-RANDOM` in `parent`.
-fn make_staging(parent: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<(PathBuf, Staged), Errno> {
+/// Makes an empty directory or file named `.NAME.mvm-RANDOM` in `parent`;
+/// on error, nothing.
+pub(super) fn make_staging(parent: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> Result<(PathBuf, Staged), Errno> {
     let mut bytes = [0u8; 8];
     for _ in 0..16 {
         rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
         let staging = staging_name(name, u64::from_le_bytes(bytes));
         let made = if is_dir {
             rustix::fs::mkdirat(parent, &staging, Mode::from_raw_mode(0o700))
-                .and_then(|()| open_dir(parent, &staging, false))
+                .and_then(|()| {
+                    open_dir(parent, &staging, false).inspect_err(|_| {
+                        // Made, but cannot be used (out of descriptors):
+                        // nothing else would remove it.
+                        let _ = rustix::fs::unlinkat(parent, &staging, AtFlags::REMOVEDIR);
+                    })
+                })
                 .map(Staged::Dir)
         } else {
             let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -448,8 +473,8 @@ pub fn remove_stale_staging(host: &Path) -> usize {
     let (Some(parent), Some(name)) = (host.parent(), host.file_name()) else { return 0 };
     let prefix = staging_name(name, 0);
     let prefix = &prefix.as_os_str().as_bytes()[..prefix.as_os_str().len() - 16];
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let Ok(parent_fd) = rustix::fs::open(parent, flags, Mode::empty()) else { return 0 };
+    // `host` is canonical: a symlink on its way now was planted since.
+    let Ok(parent_fd) = resolve::open(parent, OFlags::RDONLY | OFlags::DIRECTORY) else { return 0 };
     let Ok(dir) = rustix::fs::Dir::read_from(&parent_fd) else { return 0 };
     let stale: Vec<PathBuf> = dir
         .filter_map(Result::ok)
@@ -472,8 +497,16 @@ pub fn remove_stale_staging(host: &Path) -> usize {
 }
 
 /// Removes `name` in `parent` and everything beneath it, by descriptor
-/// (never following a link), making directories writable as it goes.
+/// (never following a link), making directories writable as it goes. A
+/// directory on another filesystem than `parent` (a mount point, mounted
+/// since the tree was staged) is never entered: its files are not the
+/// tree's. It stays, and the removal fails with `EXDEV`.
 fn remove_tree(parent: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
+    let dev = rustix::fs::fstat(parent)?.st_dev;
+    remove_tree_on(parent, name, dev)
+}
+
+fn remove_tree_on(parent: BorrowedFd<'_>, name: &Path, dev: u64) -> Result<(), Errno> {
     match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
         Ok(()) => return Ok(()),
         Err(Errno::ISDIR | Errno::PERM) => {}
@@ -482,6 +515,9 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
     }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(parent, name, flags, Mode::empty())?;
+    if rustix::fs::fstat(&fd)?.st_dev != dev {
+        return Err(Errno::XDEV);
+    }
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
     let mut names = Vec::new();
     for entry in rustix::fs::Dir::read_from(&fd)? {
@@ -492,7 +528,7 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
         }
     }
     for child in names {
-        remove_tree(fd.as_fd(), &child)?;
+        remove_tree_on(fd.as_fd(), &child, dev)?;
     }
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
 }

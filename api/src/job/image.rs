@@ -8,13 +8,17 @@
 //! Directories that only lead to mount points belong to no mount
 //! ([`NO_MOUNT`]), so the guest keeps them read-only.
 //!
-//! Each host tree is walked by directory descriptor: every entry is looked
+//! Each mount's host path, canonical since validation, is opened following
+//! no symlink (one planted since is refused, see `resolve`); its tree is
+//! walked by directory descriptor: every entry is looked
 //! at with `statat(AT_SYMLINK_NOFOLLOW)`, then opened with `O_NOFOLLOW` and
 //! checked with `fstat` to be the very inode looked at, so a tree changed
 //! while it is staged cannot make mvm read outside it or through a link.
 //! Symlinks are recorded as symlinks (their targets never followed on the
 //! host); hard links within one mount stay hard links; device files,
-//! sockets and FIFOs are refused, since the job would silently miss them.
+//! sockets and FIFOs are refused, since the job would silently miss them,
+//! and so is anything on another filesystem than its directory (a mount
+//! point), which a write-back would otherwise empty.
 //!
 //! Layout: the superblock in block 0, each file's data in contiguous runs
 //! of blocks from block 1 on (its holes left out, as they read as zeros),
@@ -39,7 +43,8 @@ use tracing::info;
 
 use super::collect::MAX_DEPTH;
 use super::copy::{copy_range, CopyError, Span};
-use super::spec::{guest_inside, JobSpec, IN_DIR, OUT_DIR};
+use super::resolve;
+use super::spec::{guest_inside, Input, JobSpec, IN_DIR, OUT_DIR};
 
 /// The most inodes and directory entries a job's tree may hold, as the
 /// guest keeps its metadata in RAM.
@@ -85,13 +90,23 @@ pub enum EntryProblem {
     BadTarget,
     #[error("it changed while being staged; run the job again")]
     Changed,
+    #[error(
+        "on another filesystem than the mounted tree (a mount point inside it); unmount it, or mount a tree \
+         without it"
+    )]
+    OtherFilesystem,
+    #[error(
+        "its path now goes through a symbolic link, which it did not when the job file was read; \
+         mvm follows none there: check what changed it"
+    )]
+    Symlinked,
 }
 
 /// What one mount shows, before it is staged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// The `/in` shorthand: these files, by file name, in one directory.
-    Files(Vec<PathBuf>),
+    /// The `/in` shorthand: these files, by their names, in one directory.
+    Files(Vec<Input>),
     /// The `/out` shorthand: an empty directory.
     Empty,
     /// A host directory, taken recursively.
@@ -316,17 +331,15 @@ impl Builder {
     }
 
     /// The `/in` shorthand: one directory of the named files.
-    fn files(&mut self, mount: &ImageMount, index: u32, files: &[PathBuf]) -> Result<u64, ImageError> {
+    fn files(&mut self, mount: &ImageMount, index: u32, files: &[Input]) -> Result<u64, ImageError> {
         let dir = self.new_dir(index, 0o755)?;
-        for path in files {
+        for Input { name, path } in files {
             let read_err = |source| ImageError::Read { label: mount.label.clone(), path: path.clone(), source };
             let entry_err = |problem| ImageError::Entry { label: mount.label.clone(), path: path.clone(), problem };
-            let name = path.file_name().unwrap_or_default();
-            let name = name.to_str().ok_or(entry_err(EntryProblem::NameNotUtf8))?;
             if self.left_for_mount(&join_guest(&mount.guest, name), false) {
                 continue;
             }
-            let file = File::open(path).map_err(read_err)?;
+            let file = File::from(reopen(path).map_err(|e| resolve_err(e, read_err, entry_err))?);
             let stat = rustix::fs::fstat(&file).map_err(|e| read_err(e.into()))?;
             if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
                 return Err(entry_err(EntryProblem::Unsupported("non-regular file")));
@@ -338,15 +351,14 @@ impl Builder {
         Ok(dir)
     }
 
-    /// A `[[files.mount]]`'s host directory or file, opened by the path the
-    /// job file gave (resolved at validation; the user's own choice). It
-    /// must still be of the type validation saw, which fixed the preopens.
+    /// A `[[files.mount]]`'s host directory or file, by the canonical path
+    /// validation resolved, following no symlink (see `resolve`). It must
+    /// still be of the type validation saw, which fixed the preopens.
     fn host_root(&mut self, mount: &ImageMount, index: u32, path: &Path, is_dir: bool) -> Result<u64, ImageError> {
         let read_err = |source| ImageError::Read { label: mount.label.clone(), path: path.to_owned(), source };
-        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())
-            .map_err(|e| read_err(e.into()))?;
-        let stat = rustix::fs::fstat(&fd).map_err(|e| read_err(e.into()))?;
         let entry_err = |problem| ImageError::Entry { label: mount.label.clone(), path: path.to_owned(), problem };
+        let fd = reopen(path).map_err(|e| resolve_err(e, read_err, entry_err))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| read_err(e.into()))?;
         match FileType::from_raw_mode(stat.st_mode) {
             FileType::Directory if is_dir => self.dir(mount, index, path, &mount.guest, fd, &stat),
             FileType::RegularFile if !is_dir => self.file(mount, index, path, &File::from(fd), &stat),
@@ -367,11 +379,11 @@ impl Builder {
         path: &Path,
         guest: &str,
         fd: OwnedFd,
-        stat: &Stat,
+        dir_stat: &Stat,
     ) -> Result<u64, ImageError> {
         let read_err =
             |p: &Path, e: Errno| ImageError::Read { label: mount.label.clone(), path: p.to_owned(), source: e.into() };
-        let ino = self.push(index, perm(stat), 0, times(stat), Kind::Dir(Vec::new()))?;
+        let ino = self.push(index, perm(dir_stat), 0, times(dir_stat), Kind::Dir(Vec::new()))?;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::read_from(&fd).map_err(|e| read_err(path, e))? {
             let entry = entry.map_err(|e| read_err(path, e))?;
@@ -398,6 +410,12 @@ impl Builder {
             let kind = FileType::from_raw_mode(stat.st_mode);
             if self.left_for_mount(&child_guest, kind == FileType::Directory) {
                 continue;
+            }
+            // A mount point (or a file of another filesystem): a rw tree's
+            // write-back would empty it when removing the old tree, and an
+            // ro tree would reach beyond what was named.
+            if stat.st_dev != dir_stat.st_dev {
+                return Err(entry_err(EntryProblem::OtherFilesystem));
             }
             let child = match kind {
                 FileType::Directory => {
@@ -553,6 +571,24 @@ fn data_runs(file: &File, size: u64) -> Vec<(u64, u64)> {
         at = hole.max(data + 1);
     }
     runs
+}
+
+/// Opens a host path validation made canonical, following no symlink.
+/// Not waiting: it may have become a FIFO.
+fn reopen(path: &Path) -> Result<OwnedFd, Errno> {
+    resolve::open(path, OFlags::RDONLY | OFlags::NONBLOCK)
+}
+
+/// A symlink met by [`reopen`] was planted after validation.
+fn resolve_err(
+    errno: Errno,
+    read_err: impl FnOnce(io::Error) -> ImageError,
+    entry_err: impl FnOnce(EntryProblem) -> ImageError,
+) -> ImageError {
+    match errno {
+        Errno::LOOP => entry_err(EntryProblem::Symlinked),
+        e => read_err(e.into()),
+    }
 }
 
 /// Opens `name` in `dir` and checks with `fstat` that it is the inode

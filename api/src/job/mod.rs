@@ -12,6 +12,8 @@
 //! - [`collect`]: the filesystem disk read back as hostile input after the
 //!   job: `/out` merged into the outputs directory, rw mounts written back
 //!   atomically.
+//! - [`resolve`]: host paths checked when the job file was read, opened
+//!   again later without following any symlink.
 
 pub mod archive;
 pub mod cache;
@@ -19,6 +21,7 @@ pub mod collect;
 pub mod compile;
 mod copy;
 pub mod image;
+mod resolve;
 pub mod spec;
 mod toml_keys;
 
@@ -27,7 +30,7 @@ pub use cache::{Cache, CacheError};
 pub use collect::{collect_outputs, write_back, CollectError, Image, OutputFile, OutputSummary, WriteBackSummary};
 pub use compile::{CompileError, CompiledModule};
 pub use image::{build_image, ImageError, ImageMount, ImageSummary, Source};
-pub use spec::{HostLimits, IpCidr, JobSpec, Kernel, MountSpec, NetworkSpec, Problem, SpecError};
+pub use spec::{HostLimits, Input, IpCidr, JobSpec, Kernel, MountSpec, NetworkSpec, Problem, SpecError};
 
 #[cfg(test)]
 mod tests;

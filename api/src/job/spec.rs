@@ -24,6 +24,7 @@ use tracing::warn;
 
 use mvm_wasi::fsimage::NAME_MAX;
 
+use super::collect::MAX_RW_NAME;
 use super::toml_keys::{join_key, KeyIndex, Lines, Spot};
 
 pub const DEFAULT_MEMORY_MIB: u64 = 64;
@@ -134,10 +135,11 @@ pub struct JobSpec {
     pub env: Vec<(String, String)>,
     /// The file the job reads as its stdin; `None`: `mvm up`'s own stdin.
     pub stdin: Option<PathBuf>,
-    /// Each seen in the guest as `/in/<file name>`; file names are unique.
+    /// Each seen in the guest as `/in/<name>`; names are unique.
     /// `None`: the job has no `/in` (it has mounts and no `inputs`).
-    pub inputs: Option<Vec<PathBuf>>,
-    /// Where the job's `/out` comes back. Not created by validation.
+    pub inputs: Option<Vec<Input>>,
+    /// Where the job's `/out` comes back, canonical as far as it exists
+    /// (the rest appended). Not created by validation.
     /// `None`: the job has no `/out` (it has mounts and no `outputs`).
     pub outputs: Option<PathBuf>,
     pub outputs_max_bytes: u64,
@@ -147,6 +149,16 @@ pub struct JobSpec {
     pub disk_mib: u64,
     /// `Some` only when the network is enabled.
     pub network: Option<NetworkSpec>,
+}
+
+/// One of `files.inputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// The file name the job file gave, its name in `/in`.
+    pub name: String,
+    /// Canonical (symlinks resolved), so that staging can open it following
+    /// no symlink.
+    pub path: PathBuf,
 }
 
 /// One `[[files.mount]]`, checked.
@@ -308,6 +320,12 @@ pub enum Problem {
          compiled itself; give the module the .cwasm was compiled from"
     )]
     Precompiled(String),
+    #[error("{} is not under the files root {}", .path.display(), .root.display())]
+    OutsideFilesRoot { path: PathBuf, root: PathBuf },
+    #[error("{} is the files root: a rw mount must lie strictly beneath it, since its new contents are staged beside it; mount a directory inside it", .0.display())]
+    RwFilesRoot(PathBuf),
+    #[error("{}: a rw mount's name may be at most {MAX_RW_NAME} bytes, so that its staging copy's (.NAME.mvm-RANDOM) is a name; rename it or mount its parent", .0.display())]
+    RwNameTooLong(PathBuf),
     #[error("no such file: {}", .0.display())]
     NoSuchFile(PathBuf),
     #[error("cannot access {}: {kind}", .path.display())]
@@ -355,13 +373,31 @@ pub enum Problem {
 impl JobSpec {
     /// Reads and checks the job file at `path`.
     pub fn load(path: &Path, host: &HostLimits) -> Result<JobSpec, SpecError> {
+        JobSpec::load_beneath(path, host, &[])
+    }
+
+    /// [`JobSpec::load`], refusing any host path the job names (module,
+    /// kernel, stdin, inputs, outputs, mounts) that does not lie beneath
+    /// one of `files_roots` (canonical) once symlinks are resolved, unless
+    /// there are none.
+    pub fn load_beneath(path: &Path, host: &HostLimits, files_roots: &[PathBuf]) -> Result<JobSpec, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
-        JobSpec::parse(&text, path, host)
+        JobSpec::parse_beneath(&text, path, host, files_roots)
     }
 
     /// Checks a job file's text. `file` is what messages call the file, and
     /// its directory (which must exist) is the base of relative paths.
     pub fn parse(text: &str, file: &Path, host: &HostLimits) -> Result<JobSpec, SpecError> {
+        JobSpec::parse_beneath(text, file, host, &[])
+    }
+
+    /// [`JobSpec::parse`], with [`JobSpec::load_beneath`]'s `files_roots`.
+    pub fn parse_beneath(
+        text: &str,
+        file: &Path,
+        host: &HostLimits,
+        files_roots: &[PathBuf],
+    ) -> Result<JobSpec, SpecError> {
         let root = toml::de::DeTable::parse(text).map_err(|e| SpecError::Toml {
             at: Location { file: file.to_owned(), line: e.span().map(|s| Lines::new(text).line_of(s.start)) },
             message: e.message().to_owned(),
@@ -373,7 +409,7 @@ impl JobSpec {
             _ => Path::new("."),
         };
         let dir = std::fs::canonicalize(parent).map_err(|source| SpecError::Dir { path: parent.to_owned(), source })?;
-        Resolver { file, dir, keys: &keys, host }.resolve(raw)
+        Resolver { file, dir, keys: &keys, host, files_roots }.resolve(raw)
     }
 
     /// The guest's whole argv: the module's file name, then [`JobSpec::args`].
@@ -435,6 +471,7 @@ struct Resolver<'a> {
     dir: PathBuf,
     keys: &'a KeyIndex,
     host: &'a HostLimits,
+    files_roots: &'a [PathBuf],
 }
 
 impl Resolver<'_> {
@@ -458,7 +495,7 @@ impl Resolver<'_> {
         let g = raw.guest;
         let kernel = match g.kernel.as_deref() {
             None | Some("builtin") => Kernel::Builtin,
-            Some(path) => Kernel::Path(self.existing_file("guest.kernel", path)?),
+            Some(path) => Kernel::Path(self.confined("guest.kernel", self.existing_file("guest.kernel", path)?)?),
         };
         let memory_mib = self.int("guest.memory_mib", g.memory_mib, DEFAULT_MEMORY_MIB, MIN_MEMORY_MIB, u64::MAX)?;
         if memory_mib > self.host.memory_mib {
@@ -499,7 +536,7 @@ impl Resolver<'_> {
             Some(w) if !(w.ends_with(".wasm") || w.ends_with(".wat")) => {
                 return Err(self.invalid("run.wasm", Problem::NotWasmName(w)))
             }
-            Some(w) => self.existing_file("run.wasm", &w)?,
+            Some(w) => self.confined("run.wasm", self.existing_file("run.wasm", &w)?)?,
         };
         let args = raw.run.args.unwrap_or_default();
         for (i, arg) in args.iter().enumerate() {
@@ -520,7 +557,8 @@ impl Resolver<'_> {
             };
             return Err(self.invalid(&join_key("run.env", k), problem));
         }
-        let stdin = raw.run.stdin.map(|path| self.existing_file("run.stdin", &path)).transpose()?;
+        let stdin = raw.run.stdin.map(|path| self.confined("run.stdin", self.existing_file("run.stdin", &path)?));
+        let stdin = stdin.transpose()?;
 
         let files = raw.files;
         let mounts = self.mounts(files.mount.unwrap_or_default())?;
@@ -605,7 +643,18 @@ impl Resolver<'_> {
         Ok(self.dir.join(path))
     }
 
-    fn inputs(&self, inputs: Vec<String>) -> Result<Vec<PathBuf>, SpecError> {
+    /// `path`, unchanged, when there are no files roots or it lies beneath
+    /// one once symlinks are resolved.
+    fn confined(&self, key: &str, path: PathBuf) -> Result<PathBuf, SpecError> {
+        let Some(first) = self.files_roots.first() else { return Ok(path) };
+        let real = real_path(&path);
+        if self.files_roots.iter().any(|root| real.starts_with(root)) {
+            return Ok(path);
+        }
+        Err(self.invalid(key, Problem::OutsideFilesRoot { path: real, root: first.clone() }))
+    }
+
+    fn inputs(&self, inputs: Vec<String>) -> Result<Vec<Input>, SpecError> {
         let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
         let mut resolved = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
@@ -619,7 +668,10 @@ impl Resolver<'_> {
                     Problem::DuplicateInput { name: name.to_owned(), other: format!("files.inputs[{first}]") };
                 return Err(self.invalid(&key, problem));
             }
-            resolved.push(path);
+            let path = self.confined(&key, path)?;
+            let real = std::fs::canonicalize(&path)
+                .map_err(|e| self.invalid(&key, Problem::Inaccessible { path: path.clone(), kind: e.kind() }))?;
+            resolved.push(Input { name: name.to_owned(), path: real });
         }
         Ok(resolved)
     }
@@ -628,7 +680,8 @@ impl Resolver<'_> {
         let path = self.path("files.outputs", outputs)?;
         match std::fs::metadata(&path) {
             Ok(meta) if !meta.is_dir() => Err(self.invalid("files.outputs", Problem::NotADirectory(path))),
-            _ => Ok(path),
+            // Canonical, so that collecting can follow no symlink on its way.
+            _ => self.confined("files.outputs", real_path(&path)),
         }
     }
 
@@ -655,6 +708,7 @@ impl Resolver<'_> {
             }
             let host = std::fs::canonicalize(&path)
                 .map_err(|e| self.invalid(&host_key, Problem::Inaccessible { path: path.clone(), kind: e.kind() }))?;
+            let host = self.confined(&host_key, host)?;
             let Some(guest) = mount.guest else {
                 return Err(self.invalid_near(&guest_key, &key, Problem::Required));
             };
@@ -670,6 +724,12 @@ impl Resolver<'_> {
                 Some(other) => return Err(self.invalid(&format!("{key}.mode"), Problem::BadMode(other.to_owned()))),
             };
             if !read_only {
+                if self.files_roots.contains(&host) {
+                    return Err(self.invalid(&host_key, Problem::RwFilesRoot(host)));
+                }
+                if host.file_name().is_some_and(|n| n.len() > MAX_RW_NAME) {
+                    return Err(self.invalid(&host_key, Problem::RwNameTooLong(host)));
+                }
                 self.writable(&host_key, &host)?;
             }
             let at = Location { file: self.file.to_owned(), line: self.keys.line_of(&key) };
@@ -709,9 +769,8 @@ impl Resolver<'_> {
             all.push(("files.inputs".into(), IN_DIR, true, None));
         }
         if let Some(outputs) = outputs {
-            // The outputs directory may not exist yet: compare its nearest
-            // existing ancestor's real path, with the rest appended.
-            all.push(("files.outputs".into(), OUT_DIR, false, Some(real_path(outputs))));
+            // Already resolved as far as it exists (see `outputs`).
+            all.push(("files.outputs".into(), OUT_DIR, false, Some(outputs.to_owned())));
         }
         all.extend(mounts.iter().map(|m| (m.key.clone(), m.guest.as_str(), m.read_only, Some(m.host.clone()))));
         for (i, (key, guest, read_only, host)) in all.iter().enumerate() {

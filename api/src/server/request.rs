@@ -95,8 +95,11 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
 
 /// Where a job's outputs land when the request names no directory.
 pub fn default_outputs(state_dir: &Path, id: &str) -> PathBuf {
-    state_dir.join("outputs").join(id)
+    state_dir.join(OUTPUTS_DIR).join(id)
 }
+
+/// Under the state directory: every job's default outputs directory.
+const OUTPUTS_DIR: &str = "outputs";
 
 /// A `POST /v1/jobs` body, checked.
 pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Launch, ApiError> {
@@ -124,7 +127,18 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
         for (i, mount) in mounts.iter_mut().enumerate() {
             let Some(mount) = mount.as_object_mut() else { continue };
             if let Some(host) = mount.get("host").and_then(Value::as_str) {
-                let host = ctx.confine(&format!("{API_MOUNTS}[{i}].host"), host, false)?;
+                let key = format!("{API_MOUNTS}[{i}].host");
+                let host = ctx.confine(&key, host, false)?;
+                // Its new contents are staged in its parent directory and
+                // swapped in there: that must lie under the root too.
+                if host == ctx.files_root && mount.get("mode").and_then(Value::as_str) == Some("rw") {
+                    let root = ctx.files_root.display();
+                    let problem = format!(
+                        "a rw mount must lie strictly beneath the files root {root}, not be it: its new contents \
+                         are staged beside it; mount a directory inside it"
+                    );
+                    return Err(ApiError::field(&key, problem));
+                }
                 mount.insert("host".into(), path_value(&host));
             }
         }
@@ -173,16 +187,24 @@ pub fn job(ctx: &RequestContext, id: &str, body: &[u8], now: f64) -> Result<Laun
         outputs_max_mib: Some(spec.outputs_max_bytes >> 20),
     };
     let job_file = machine_dir(&ctx.state_dir, id).join("job.toml");
+    let mut args = vec![
+        "up".into(),
+        "--json".into(),
+        format!("--cache-dir={}", cache_dir(&ctx.state_dir).display()),
+        format!("--cache-max-mib={}", ctx.cache_max_mib),
+        // The child checks the paths again as it loads them: they may
+        // lead elsewhere by then.
+        format!("--files-root={}", ctx.files_root.display()),
+    ];
+    if raw.files.outputs.is_none() && !has_mounts {
+        // The daemon's own choice, in its state directory.
+        args.push(format!("--files-root={}", ctx.state_dir.join(OUTPUTS_DIR).display()));
+    }
+    args.push(job_file.to_string_lossy().into_owned());
     Ok(Launch {
         record: new_record(id, Kind::Job, spec.name, Value::Object(obj), limits, spec.outputs, now),
         job_toml: Some(toml),
-        args: vec![
-            "up".into(),
-            "--json".into(),
-            format!("--cache-dir={}", cache_dir(&ctx.state_dir).display()),
-            format!("--cache-max-mib={}", ctx.cache_max_mib),
-            job_file.to_string_lossy().into_owned(),
-        ],
+        args,
         stdin,
     })
 }

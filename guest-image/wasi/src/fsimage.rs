@@ -151,6 +151,9 @@ pub struct Metadata {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_inodes: u64,
+    /// Entries of all directories together: each costs far more decoded
+    /// than its few encoded bytes.
+    pub max_entries: u64,
     /// Extents of all files together.
     pub max_extents: u64,
 }
@@ -169,6 +172,7 @@ pub enum FormatError {
     /// Bytes follow the last inode.
     TrailingBytes,
     TooManyInodes(u64),
+    TooManyEntries,
     TooManyExtents,
     BadKind {
         ino: u64,
@@ -221,6 +225,7 @@ impl fmt::Display for FormatError {
             FormatError::Truncated => write!(f, "metadata ends inside a record"),
             FormatError::TrailingBytes => write!(f, "bytes after the last inode"),
             FormatError::TooManyInodes(n) => write!(f, "{n} inodes, more than allowed"),
+            FormatError::TooManyEntries => write!(f, "more directory entries than allowed"),
             FormatError::TooManyExtents => write!(f, "more extents than allowed"),
             FormatError::BadKind { ino, kind } => write!(f, "inode {ino}: unknown kind {kind}"),
             FormatError::BadIno(ino) => write!(f, "inode number {ino} is not allowed"),
@@ -318,6 +323,7 @@ impl Metadata {
         }
         let mut inodes: Vec<Inode> = Vec::new();
         let mut extents_left = limits.max_extents;
+        let mut entries_left = limits.max_entries;
         for _ in 0..inode_count {
             let ino = r.u64()?;
             let mount = r.u32()?;
@@ -338,6 +344,7 @@ impl Metadata {
                 }
                 KIND_DIR => {
                     let count = r.u32()?;
+                    entries_left = entries_left.checked_sub(u64::from(count)).ok_or(FormatError::TooManyEntries)?;
                     let mut entries = Vec::new();
                     for _ in 0..count {
                         let len = usize::from(r.u16()?);

@@ -270,6 +270,6 @@ pub fn read_back(disk: &MemDisk) -> Metadata {
     let blocks = (disk.data.len() / BLOCK) as u64;
     let sb = Superblock::decode(&disk.data[..BLOCK], blocks).expect("a superblock");
     let start = sb.meta_start as usize * BLOCK;
-    let limits = Limits { max_inodes: 1 << 20, max_extents: 1 << 20 };
+    let limits = Limits { max_inodes: 1 << 20, max_entries: 1 << 20, max_extents: 1 << 20 };
     Metadata::decode(&disk.data[start..start + sb.meta_len as usize], sb.total_blocks, limits).expect("metadata")
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use mvm_wasi::fsimage::{Extent, FormatError, Inode, Kind, Metadata, Superblock, BLOCK};
 
-use super::image::{host_mount, lookup, tree, Decoded};
+use super::image::{host_mount, lookup, tree, Decoded, Tmpfs};
 use crate::job::collect::{collect_outputs, write_back, CollectError, EntryProblem, Image, OutputFile};
 use crate::job::image::{build_image, ImageMount, Source};
 
@@ -444,7 +444,27 @@ fn written_back_by_root_a_users_tree_stays_the_users() {
         assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "{path:?}");
     }
     let mode = fs::metadata(s.host.join("new.txt")).unwrap().mode() & 0o7777;
-    assert_eq!(mode, 0o4755, "the bits are set after the owner, which would clear set-user-ID");
+    assert_eq!(mode, 0o755, "set-user-ID is never restored");
+}
+
+#[test]
+fn set_user_and_group_id_never_come_back_and_the_sticky_bit_does() {
+    let s = setup();
+    let mut g = Guest::open(&s.image);
+    let data = g.dir_of("/data");
+    g.file(data, "suid", 1, 0o6755, b"x");
+    g.file(data, "sgid", 1, 0o2711, b"x");
+    let dir = g.add(data, "shared", 1, 0o3777, 0, Kind::Dir(Vec::new()));
+    g.file(dir, "f", 1, 0o4700, b"x");
+    g.close();
+    let image = Image::open(&s.image).unwrap();
+    write_back(&image, 1, &s.host, image.size()).unwrap();
+    let mode = |p: &str| fs::metadata(s.host.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        [mode("suid"), mode("sgid"), mode("shared"), mode("shared/f")],
+        [0o755, 0o711, 0o1777, 0o700],
+        "a guest never makes a set-user-ID or set-group-ID file on the host"
+    );
 }
 
 #[test]
@@ -457,13 +477,31 @@ fn a_superblock_that_claims_more_than_the_disk_or_too_much_metadata_is_refused()
     let e = Image::open(&s.image).err().unwrap();
     assert!(matches!(e, CollectError::Invalid(FormatError::Size { .. })), "{e}");
 
-    // Metadata of more than 1 GiB, on a (sparse) disk that holds it.
+    // More metadata than the caps allow (about 381 MiB), on a (sparse)
+    // disk that holds it.
     let file = fs::OpenOptions::new().write(true).open(&s.image).unwrap();
-    file.set_len(3 << 30).unwrap();
-    let sb = Superblock { total_blocks: (3 << 30) / BLOCK as u64, meta_start: 1, meta_len: (1 << 30) + 1 };
+    file.set_len(1 << 30).unwrap();
+    let too_much = 12 + 1_000_000 * (51 + 2 + 255 + 8) + (1 << 22) * 20 + 1;
+    let sb = Superblock { total_blocks: (1 << 30) / BLOCK as u64, meta_start: 1, meta_len: too_much };
     file.write_all_at(&sb.encode(), 0).unwrap();
     let e = Image::open(&s.image).err().unwrap();
-    assert!(matches!(e, CollectError::MetadataTooLarge(len) if len == (1 << 30) + 1), "{e}");
+    assert!(matches!(e, CollectError::MetadataTooLarge(len) if len == too_much), "{e}");
+}
+
+/// Short names of one file cost the host far more decoded than encoded:
+/// their number is capped, across all directories.
+#[test]
+fn more_entries_than_a_tree_may_hold_are_refused() {
+    let s = setup_with_room(32);
+    let mut g = Guest::open(&s.image);
+    let data = g.dir_of("/data");
+    let ino = g.file(data, "f", 1, 0o644, b"x");
+    let Kind::Dir(entries) = &mut g.inode_mut(data).kind else { unreachable!() };
+    entries.extend((0..1_000_000).map(|i| (format!("{i:x}"), ino)));
+    entries.sort();
+    g.close();
+    let e = Image::open(&s.image).err().unwrap();
+    assert!(matches!(e, CollectError::Invalid(FormatError::TooManyEntries)), "{e}");
 }
 
 #[test]
@@ -489,4 +527,109 @@ fn a_file_in_several_extents_past_holes_comes_back_byte_for_byte() {
     assert_eq!(&back[..BLOCK], &first[..]);
     assert!(back[BLOCK..3 * BLOCK].iter().all(|&b| b == 0), "the hole reads as zeros");
     assert!(back[3 * BLOCK..] == big[..big.len() - 100], "the data after the hole, cut at the file's size");
+}
+
+/// The reviewer's attack: the host path was checked, then a write-back of
+/// another job planted a symlink in one of its components (here its parent,
+/// pointing at a tree of the same shape elsewhere). Nothing goes there.
+#[test]
+fn a_symlink_planted_on_the_way_after_validation_is_refused_not_followed() {
+    let s = setup();
+    let mut g = Guest::open(&s.image);
+    let data = g.dir_of("/data");
+    g.file(data, "planted", 1, 0o644, b"guest's");
+    let out = g.dir_of("/out");
+    g.file(out, "o.txt", 0, 0o644, b"guest's");
+    g.close();
+    let image = Image::open(&s.image).unwrap();
+    let victim = s.tmp.path().join("victim");
+    fs::create_dir_all(victim.join("host")).unwrap();
+    fs::write(victim.join("host/precious"), "kept").unwrap();
+    let parent = s.host.parent().unwrap();
+    fs::rename(parent, s.tmp.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, parent).unwrap();
+
+    let e = write_back(&image, 1, &s.host, image.size()).unwrap_err();
+    assert!(matches!(e, CollectError::Entry { problem: EntryProblem::NotADirectory, .. }), "{e}");
+    assert_eq!(names(&victim.join("host")), ["precious"]);
+    assert_eq!(names(&victim), ["host"], "no staging copy there either");
+    assert_eq!(crate::job::collect::remove_stale_staging(&s.host), 0);
+
+    // The outputs directory, existing or to be made beneath the link.
+    for dest in [victim.clone(), victim.join("new/deeper")] {
+        let dest = parent.join(dest.strip_prefix(&victim).unwrap());
+        let e = collect_outputs(&image, 0, &dest, MIB).unwrap_err();
+        assert!(matches!(e, CollectError::Entry { problem: EntryProblem::NotADirectory, .. }), "{e}");
+    }
+    assert_eq!(names(&victim), ["host"]);
+}
+
+/// A filesystem mounted inside a rw tree after it was staged: the tree is
+/// swapped all the same, but removing the old one never enters the mount.
+#[test]
+fn removing_the_old_tree_never_enters_another_filesystem() {
+    let s = setup();
+    let image = Image::open(&s.image).unwrap();
+    fs::create_dir(s.host.join("sub/mnt")).unwrap();
+    let Some(mut tmpfs) = Tmpfs::mount(&s.host.join("sub/mnt")) else { return };
+    fs::write(s.host.join("sub/mnt/theirs"), "not the tree's").unwrap();
+    write_back(&image, 1, &s.host, image.size()).unwrap();
+    let parent = s.host.parent().unwrap();
+    let staging: Vec<String> = names(parent).into_iter().filter(|n| n.starts_with(".host.mvm-")).collect();
+    assert_eq!(staging.len(), 1, "the old tree stays where the mount keeps it");
+    tmpfs.moved_to(&parent.join(&staging[0]).join("sub/mnt"));
+    assert_eq!(fs::read(parent.join(&staging[0]).join("sub/mnt/theirs")).unwrap(), b"not the tree's");
+}
+
+/// A staging directory made but not opened (here: out of descriptors) is
+/// removed at once. Run in a child process of its own, since the limit on
+/// descriptors is the whole process's.
+#[test]
+fn a_staging_directory_that_cannot_be_opened_is_not_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "job::tests::collect::out_of_descriptors_child", "--ignored", "--test-threads=1"])
+        .env("MVM_TEST_STAGING_DIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(child.status.success(), "{}", String::from_utf8_lossy(&child.stdout));
+    assert_eq!(names(tmp.path()), ["done"], "no staging directory left");
+}
+
+#[test]
+#[ignore = "run by a_staging_directory_that_cannot_be_opened_is_not_left"]
+fn out_of_descriptors_child() {
+    let Some(dir) = std::env::var_os("MVM_TEST_STAGING_DIR") else { return };
+    let dir = PathBuf::from(dir);
+    let parent = fs::File::open(&dir).unwrap();
+    let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
+    // SAFETY: a valid rlimit; this process runs this test alone.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let mut filler = Vec::new();
+    while let Ok(fd) = std::os::fd::AsFd::as_fd(&parent).try_clone_to_owned() {
+        filler.push(fd);
+    }
+    let made = crate::job::collect::make_staging(std::os::fd::AsFd::as_fd(&parent), "host".as_ref(), true);
+    assert_eq!(made.err(), Some(rustix::io::Errno::MFILE));
+    drop(filler);
+    fs::write(dir.join("done"), "").unwrap();
+}
+
+/// The longest name validation lets a rw mount have still leaves room for
+/// its staging copy's.
+#[test]
+fn a_rw_mount_with_the_longest_name_allowed_is_written_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("h".repeat(crate::job::collect::MAX_RW_NAME));
+    fs::create_dir(&host).unwrap();
+    let image = tmp.path().join("fs.img");
+    build_image(&image, &[host_mount("/d", &host, false)], 1).unwrap();
+    let mut g = Guest::open(&image);
+    let root = g.meta.mounts[0].root;
+    g.file(root, "new", 0, 0o644, b"x");
+    g.close();
+    let opened = Image::open(&image).unwrap();
+    write_back(&opened, 0, &host, opened.size()).unwrap();
+    assert_eq!(fs::read(host.join("new")).unwrap(), b"x");
+    assert_eq!(crate::job::collect::remove_stale_staging(&host), 0);
 }

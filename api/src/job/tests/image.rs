@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use mvm_wasi::fsimage::{Inode, Kind, Limits, Metadata, Mount, Superblock, BLOCK, NO_MOUNT, ROOT};
 
 use crate::job::image::{build_image, preopens, EntryProblem, ImageError, ImageMount, Source};
+use crate::job::spec::Input;
 
-pub(super) const LIMITS: Limits = Limits { max_inodes: 1 << 20, max_extents: 1 << 30 };
+pub(super) const LIMITS: Limits = Limits { max_inodes: 1 << 20, max_entries: 1 << 20, max_extents: 1 << 30 };
 
 /// An image's superblock and metadata, and its inodes by number.
 pub(super) struct Decoded {
@@ -70,6 +71,31 @@ pub(super) fn host_mount(guest: &str, host: &Path, read_only: bool) -> ImageMoun
     ImageMount { guest: guest.into(), read_only, source, label: format!("files.mount {guest}") }
 }
 
+/// A tmpfs mounted at a directory for as long as it lives; `None` where
+/// mvm's tests may not mount (not root).
+pub(super) struct Tmpfs(std::ffi::CString);
+
+impl Tmpfs {
+    pub(super) fn mount(at: &Path) -> Option<Tmpfs> {
+        let path = std::ffi::CString::new(at.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call; no data.
+        let mounted = unsafe { libc::mount(c"none".as_ptr(), path.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
+        (mounted == 0).then_some(Tmpfs(path))
+    }
+
+    /// Where it is now that a directory above it was renamed.
+    pub(super) fn moved_to(&mut self, at: &Path) {
+        self.0 = std::ffi::CString::new(at.as_os_str().as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // SAFETY: a NUL-terminated path this value owns.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 /// A host tree: `top.txt`, `sub/inner.bin` (just over 1 MiB), `sub/empty`,
 /// `sub/link` (a symlink out of the tree), `sub/hard` (a hard link to
 /// `top.txt`), `nested` (a file a deeper mount hides).
@@ -101,7 +127,7 @@ fn an_image_holds_every_mount_and_the_directories_that_lead_to_them() {
         ImageMount {
             guest: "/in".into(),
             read_only: true,
-            source: Source::Files(vec![tmp.path().join("words.txt")]),
+            source: Source::Files(vec![Input { name: "words.txt".into(), path: tmp.path().join("words.txt") }]),
             label: "files.inputs".into(),
         },
         ImageMount { guest: "/out".into(), read_only: false, source: Source::Empty, label: "files.outputs".into() },
@@ -288,7 +314,7 @@ fn a_jobs_mounts_are_its_shorthands_then_its_mounts_in_file_order() {
             ImageMount {
                 guest: "/in".into(),
                 read_only: true,
-                source: Source::Files(vec![dir.join("words.txt")]),
+                source: Source::Files(vec![Input { name: "words.txt".into(), path: dir.join("words.txt") }]),
                 label: "files.inputs".into()
             },
             ImageMount { guest: "/out".into(), read_only: false, source: Source::Empty, label: "files.outputs".into() },
@@ -325,4 +351,40 @@ fn a_mount_that_changed_type_since_validation_is_refused() {
     };
     let e = build_image(&tmp.path().join("b.img"), &[as_file], 1).unwrap_err();
     assert!(matches!(e, ImageError::Entry { problem: EntryProblem::Changed, .. }), "{e}");
+}
+
+/// A mount's host path and an input, checked at validation, then a symlink
+/// planted in a component (as another job's write-back could): the image
+/// is not built from where the link leads.
+#[test]
+fn a_symlink_planted_on_the_way_after_validation_is_refused_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    fs::create_dir_all(secret.join("d")).unwrap();
+    fs::write(secret.join("d/f"), "secret").unwrap();
+    std::os::unix::fs::symlink(&secret, tmp.path().join("a")).unwrap();
+    let input = Input { name: "f".into(), path: tmp.path().join("a/d/f") };
+    let cases = [
+        host_mount("/m", &tmp.path().join("a/d"), true),
+        host_mount("/m", &tmp.path().join("a/d/f"), true),
+        ImageMount { guest: "/in".into(), read_only: true, source: Source::Files(vec![input]), label: String::new() },
+    ];
+    for mount in cases {
+        let e = build_image(&tmp.path().join("i.img"), std::slice::from_ref(&mount), 1).unwrap_err();
+        assert!(matches!(e, ImageError::Entry { problem: EntryProblem::Symlinked, .. }), "{mount:?}: {e}");
+    }
+}
+
+#[test]
+fn a_mount_point_inside_a_mounted_tree_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host");
+    tree(&host);
+    fs::create_dir(host.join("sub/mnt")).unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&host.join("sub/mnt")) else { return };
+    for read_only in [true, false] {
+        let e = build_image(&tmp.path().join("i.img"), &[host_mount("/m", &host, read_only)], 1).unwrap_err();
+        let ImageError::Entry { path, problem: EntryProblem::OtherFilesystem, .. } = &e else { panic!("{e}") };
+        assert_eq!(path, &host.join("sub/mnt"));
+    }
 }

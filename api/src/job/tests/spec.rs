@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::job::spec::{parse_meminfo, RawJob};
-use crate::job::{HostLimits, IpCidr, JobSpec, Kernel, NetworkSpec, Problem, SpecError};
+use crate::job::{HostLimits, Input, IpCidr, JobSpec, Kernel, NetworkSpec, Problem, SpecError};
 
 const HOST: HostLimits = HostLimits { memory_mib: 8192, cpus: 4 };
 
@@ -116,7 +116,7 @@ gateway = "10.0.0.1"
     let env: Vec<(&str, &str)> = spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(env, [("LANG", "C"), ("WITH SPACE", ""), ("ZED", "z")], "sorted by key");
     assert_eq!(spec.stdin, Some(dir.root.join("data/words.txt")));
-    assert_eq!(spec.inputs, Some(vec![dir.root.join("data/words.txt")]));
+    assert_eq!(spec.inputs, Some(vec![Input { name: "words.txt".into(), path: dir.root.join("data/words.txt") }]));
     assert_eq!(spec.outputs, Some(dir.root.join("results")));
     assert_eq!(spec.outputs_max_bytes, 1 << 20);
     let ip = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
@@ -170,8 +170,8 @@ fn relative_paths_resolve_against_the_job_file_directory() {
     assert_eq!(spec.dir, jobdir);
     assert_eq!(spec.wasm, jobdir.join("../../wc.wasm"));
     assert!(spec.wasm.is_absolute());
-    assert_eq!(spec.inputs, Some(vec![abs_input]));
-    assert_eq!(spec.outputs, Some(jobdir.join("../out")));
+    assert_eq!(spec.inputs, Some(vec![Input { name: "words.txt".into(), path: abs_input }]));
+    assert_eq!(spec.outputs, Some(dir.root.join("jobs/out")), "resolved as far as it exists, so never through a link");
     assert_eq!(spec.name, "a");
 }
 
@@ -328,7 +328,7 @@ fn input_names_may_be_as_long_as_the_host_allows() {
     let long = "n".repeat(255);
     fs::write(dir.root.join(&long), "").unwrap();
     let spec = dir.parse(&format!("{MINIMAL}[files]\ninputs = [\"{long}\"]\n")).unwrap();
-    assert_eq!(spec.inputs, Some(vec![dir.root.join(&long)]));
+    assert_eq!(spec.inputs, Some(vec![Input { name: long.clone(), path: dir.root.join(&long) }]));
 }
 
 #[test]
@@ -473,7 +473,7 @@ fn mounts_resolve_and_take_the_place_of_the_shorthands() {
         "{MINIMAL}[files]\ninputs = [\"data/words.txt\"]\noutputs = \"results\"\n[[files.mount]]\nhost = \"other\"\nguest = \"/\"\n"
     );
     let spec = dir.parse(&text).unwrap();
-    assert_eq!(spec.inputs, Some(vec![dir.root.join("data/words.txt")]));
+    assert_eq!(spec.inputs, Some(vec![Input { name: "words.txt".into(), path: dir.root.join("data/words.txt") }]));
     assert_eq!(spec.outputs, Some(dir.root.join("results")));
     assert_eq!(spec.mounts[0].guest, "/", "a ro mount at / may hold the shorthands");
 }
@@ -560,4 +560,56 @@ fn a_rw_mount_must_be_on_its_parents_filesystem() {
     }
     let text = format!("{MINIMAL}[[files.mount]]\nhost = \"/proc\"\nguest = \"/p\"\n");
     assert_eq!(dir.parse(&text).unwrap().mounts[0].host, Path::new("/proc"), "ro, it is fine");
+}
+
+/// `mvm up --files-root` (what `mvm serve` runs): every host path is
+/// checked again as the child loads it, links resolved.
+#[test]
+fn with_a_files_root_every_host_path_must_lie_beneath_it() {
+    let dir = JobDir::new();
+    let root = dir.root.join("data");
+    fs::write(root.join("m.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    fs::create_dir(root.join("sub")).unwrap();
+    std::os::unix::fs::symlink(dir.root.join("other"), root.join("escape")).unwrap();
+    let roots = [root.clone()];
+    let parse = |text: &str| JobSpec::parse_beneath(text, &root.join("job.toml"), &HOST, &roots);
+    let ok = "[run]\nwasm = \"m.wasm\"\nstdin = \"words.txt\"\n[files]\ninputs = [\"words.txt\"]\noutputs = \"out\"\n\
+              [[files.mount]]\nhost = \"sub\"\nguest = \"/d\"\n";
+    parse(ok).unwrap();
+    let m = "[run]\nwasm = \"m.wasm\"\n";
+    let cases = [
+        ("[run]\nwasm = \"../wc.wasm\"\n".to_owned(), "run.wasm", "$DIR/wc.wasm"),
+        ("[run]\nwasm = \"m.wasm\"\nstdin = \"escape/words.txt\"\n".to_owned(), "run.stdin", "$DIR/other/words.txt"),
+        (format!("[guest]\nkernel = \"../wc.wasm\"\n{m}"), "guest.kernel", "$DIR/wc.wasm"),
+        (format!("{m}[files]\ninputs = [\"escape/words.txt\"]\n"), "files.inputs[0]", "$DIR/other/words.txt"),
+        (format!("{m}[files]\noutputs = \"escape/new\"\n"), "files.outputs", "$DIR/other/new"),
+        (format!("{m}[[files.mount]]\nhost = \"escape\"\nguest = \"/d\"\n"), "files.mount[0].host", "$DIR/other"),
+    ];
+    for (text, key, path) in cases {
+        let e = parse(&text).expect_err(key).to_string().replace(&dir.root.display().to_string(), "$DIR");
+        assert!(e.ends_with(&format!("{key}: {path} is not under the files root $DIR/data")), "{e}");
+    }
+    let e = parse(&format!("{m}[[files.mount]]\nhost = \".\"\nguest = \"/d\"\nmode = \"rw\"\n")).unwrap_err();
+    assert!(e.to_string().contains("files.mount[0].host: ") && e.to_string().contains("is the files root"), "{e}");
+    parse(&format!("{m}[[files.mount]]\nhost = \".\"\nguest = \"/d\"\n")).unwrap();
+}
+
+/// Its staging copy, `.NAME.mvm-` and 16 hex digits, must be a name too.
+#[test]
+fn a_rw_mounts_name_leaves_room_for_its_staging_copys() {
+    let dir = JobDir::new();
+    for len in [233, 234] {
+        fs::create_dir(dir.root.join("d".repeat(len))).unwrap();
+    }
+    let rw = |len: usize| {
+        format!("{MINIMAL}[[files.mount]]\nhost = \"{}\"\nguest = \"/d\"\nmode = \"rw\"\n", "d".repeat(len))
+    };
+    dir.parse(&rw(233)).unwrap();
+    let e = dir.err(&rw(234));
+    let expected = format!(
+        "$DIR/job.toml:4: files.mount[0].host: $DIR/{}: a rw mount's name may be at most 233 bytes",
+        "d".repeat(234)
+    );
+    assert!(e.starts_with(&expected), "{e}");
+    dir.parse(&rw(234).replace("rw", "ro")).unwrap();
 }

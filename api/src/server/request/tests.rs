@@ -1,4 +1,5 @@
 use super::*;
+use crate::job::spec::Input;
 
 /// A files root holding `m.wat` and `data/in.txt`, a state dir beside it,
 /// and a file outside the root.
@@ -68,11 +69,19 @@ fn a_job_gets_absolute_paths_default_outputs_and_its_limits() {
     );
     let job_file = f.ctx.state_dir.join("jobs/abc/job.toml");
     let cache = format!("--cache-dir={}", f.ctx.state_dir.join("cache").display());
-    assert_eq!(launch.args, ["up", "--json", &cache, "--cache-max-mib=100", job_file.to_str().unwrap()]);
+    // The child checks its paths again: under the files root, or (the
+    // default outputs) the state directory's outputs.
+    let root_arg = format!("--files-root={}", f.ctx.files_root.display());
+    let outputs_root = format!("--files-root={}", f.ctx.state_dir.join("outputs").display());
+    let job_file = job_file.to_str().unwrap();
+    assert_eq!(launch.args, ["up", "--json", &cache, "--cache-max-mib=100", &root_arg, &outputs_root, job_file]);
+    let chosen = job(&f, json!({ "run": { "wasm": "m.wat" }, "files": { "outputs": "o" } })).unwrap();
+    assert_eq!(chosen.args, ["up", "--json", &cache, "--cache-max-mib=100", &root_arg, job_file]);
     // The job file written is one `mvm up` accepts as it is.
     let anchor = f.ctx.state_dir.join("jobs/job.toml");
     let spec = JobSpec::parse(launch.job_toml.as_deref().unwrap(), &anchor, &f.ctx.host).unwrap();
-    assert_eq!(spec.inputs, Some(vec![root.join("data/in.txt")]));
+    let input = Input { name: "in.txt".into(), path: root.join("data/in.txt") };
+    assert_eq!(spec.inputs, Some(vec![input]));
     assert_eq!(spec.env, [("A".to_owned(), "b".to_owned())]);
     assert_eq!(launch.record.state, State::Created);
 }
@@ -407,6 +416,18 @@ fn mounts_are_confined_to_the_files_root_and_named_as_the_request_names_them() {
         (mount(json!(f.outside), "/x"), StatusCode::FORBIDDEN, "files.mounts[0].host", "must be under the files root"),
         (mount(json!("nope"), "/x"), StatusCode::BAD_REQUEST, "files.mounts[0].host", "no such file"),
         (mount(json!("data"), "x/.."), StatusCode::BAD_REQUEST, "files.mounts[0].guest", "must be an absolute path"),
+        (
+            json!({ "run": wasm, "files": { "mounts": [{ "host": root, "guest": "/x", "mode": "rw" }] } }),
+            StatusCode::BAD_REQUEST,
+            "files.mounts[0].host",
+            "a rw mount must lie strictly beneath the files root",
+        ),
+        (
+            json!({ "run": wasm, "files": { "mounts": [{ "host": ".", "guest": "/x", "mode": "rw" }] } }),
+            StatusCode::BAD_REQUEST,
+            "files.mounts[0].host",
+            "a rw mount must lie strictly beneath the files root",
+        ),
         (mount(json!(3), "/x"), StatusCode::BAD_REQUEST, "files.mounts[0].host", "expected a string"),
         (
             json!({ "run": wasm, "files": { "mounts": [{ "host": "data", "guets": "/x" }] } }),

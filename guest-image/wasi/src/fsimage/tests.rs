@@ -3,7 +3,7 @@ use std::vec;
 
 use super::*;
 
-const LIMITS: Limits = Limits { max_inodes: 100, max_extents: 100 };
+const LIMITS: Limits = Limits { max_inodes: 100, max_entries: 100, max_extents: 100 };
 
 fn inode(ino: u64, mount: u32, kind: Kind) -> Inode {
     Inode { ino, mount, perm: 0o644, size: 0, atim: 1, mtim: 2, ctim: 3, kind }
@@ -133,13 +133,35 @@ fn extents_and_symlinks_are_checked() {
     }
 }
 
+/// The reviewer's case: many short names of one file cost the decoder far
+/// more than their bytes, so they are counted, across directories, and
+/// refused as soon as there are too many (before the rest is read).
+#[test]
+fn entries_past_the_limit_are_refused_as_they_are_read() {
+    let mut meta = sample();
+    let names: Vec<String> = (0..50).map(|i| format!("{i:04}")).collect();
+    let entries: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 6)).collect();
+    *kind_of(&mut meta, 3) = dir(&entries);
+    let bytes = meta.encode();
+    let limits = Limits { max_entries: 51, ..LIMITS };
+    assert_eq!(Metadata::decode(&bytes, 10, limits), Err(FormatError::TooManyEntries), "4 + 50 entries");
+    // Cut inside the last inode: the count alone already refuses it.
+    let cut = &bytes[..bytes.len() - 10];
+    assert_eq!(Metadata::decode(cut, 10, limits), Err(FormatError::TooManyEntries));
+}
+
 #[test]
 fn limits_and_bad_bytes_are_refused() {
     let bytes = sample().encode();
-    let small = Limits { max_inodes: 5, max_extents: 100 };
+    let small = Limits { max_inodes: 5, ..LIMITS };
     assert_eq!(Metadata::decode(&bytes, 10, small), Err(FormatError::TooManyInodes(6)));
-    let none = Limits { max_inodes: 100, max_extents: 0 };
+    let none = Limits { max_extents: 0, ..LIMITS };
     assert_eq!(Metadata::decode(&bytes, 10, none), Err(FormatError::TooManyExtents));
+    // The sample names 6 entries in its three directories.
+    let six = Limits { max_entries: 6, ..LIMITS };
+    assert!(Metadata::decode(&bytes, 10, six).is_ok());
+    let five = Limits { max_entries: 5, ..LIMITS };
+    assert_eq!(Metadata::decode(&bytes, 10, five), Err(FormatError::TooManyEntries));
     // Inode 6 (the last) with kind 9.
     let mut bad_kind = bytes.clone();
     let kind_at = bytes.len() - 4 - 1;

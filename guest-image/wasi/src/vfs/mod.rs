@@ -51,7 +51,8 @@ const SYMLINKS_MAX: u32 = 40;
 /// What an image may hold before the guest refuses to load it: bounds on
 /// what decoding allocates (the host built the image, but a broken one
 /// should fail clearly rather than exhaust the guest's memory).
-const LIMITS: fsimage::Limits = fsimage::Limits { max_inodes: 1 << 24, max_extents: 1 << 26 };
+/// Entries as many as inodes: the host's images hold 1,000,000 of each.
+const LIMITS: fsimage::Limits = fsimage::Limits { max_inodes: 1 << 24, max_entries: 1 << 24, max_extents: 1 << 26 };
 
 /// Encoded sizes in the metadata (fsimage.rs's layout), kept up to date so
 /// that the room for it can be reserved before any change that grows it.
