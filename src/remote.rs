@@ -49,7 +49,7 @@ fn request(spec: &JobSpec) -> Value {
     let env: Map<String, Value> = spec.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let mut files = Map::new();
     if let Some(inputs) = &spec.inputs {
-        let inputs: Vec<_> = inputs.iter().map(|i| i.path.to_string_lossy().into_owned()).collect();
+        let inputs: Vec<_> = inputs.iter().map(|i| i.given.to_string_lossy().into_owned()).collect();
         files.insert("inputs".into(), json!(inputs));
     }
     if let Some(outputs) = &spec.outputs {
@@ -170,6 +170,20 @@ mod tests {
         assert_eq!(body["run"]["stdin"], json!(root.join("in.txt")));
         let body = request(&parse("[run]\nwasm = \"m.wat\"\n"));
         assert!(body["run"].get("stdin").is_none(), "{body}");
+    }
+
+    #[test]
+    fn an_input_that_is_a_symlink_goes_to_the_daemon_under_the_name_the_job_file_gave() {
+        use mvm_api::job::HostLimits;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("m.wat"), "(module)").unwrap();
+        std::fs::write(root.join("v3.csv"), "x").unwrap();
+        std::os::unix::fs::symlink("v3.csv", root.join("latest.csv")).unwrap();
+        let host = HostLimits { memory_mib: 1024, cpus: 1 };
+        let text = "[run]\nwasm = \"m.wat\"\n[files]\ninputs = [\"latest.csv\"]\n";
+        let spec = JobSpec::parse(text, &root.join("job.toml"), &host).unwrap();
+        assert_eq!(request(&spec)["files"]["inputs"], json!([root.join("latest.csv")]));
     }
 
     #[test]

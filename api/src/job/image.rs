@@ -333,7 +333,7 @@ impl Builder {
     /// The `/in` shorthand: one directory of the named files.
     fn files(&mut self, mount: &ImageMount, index: u32, files: &[Input]) -> Result<u64, ImageError> {
         let dir = self.new_dir(index, 0o755)?;
-        for Input { name, path } in files {
+        for Input { name, path, .. } in files {
             let read_err = |source| ImageError::Read { label: mount.label.clone(), path: path.clone(), source };
             let entry_err = |problem| ImageError::Entry { label: mount.label.clone(), path: path.clone(), problem };
             if self.left_for_mount(&join_guest(&mount.guest, name), false) {

@@ -159,6 +159,10 @@ pub struct Input {
     /// Canonical (symlinks resolved), so that staging can open it following
     /// no symlink.
     pub path: PathBuf,
+    /// As the job file named it (beside the job file when relative): what
+    /// `mvm up --remote` sends, so that the daemon names it as the job file
+    /// did even when it is a symlink.
+    pub given: PathBuf,
 }
 
 /// One `[[files.mount]]`, checked.
@@ -671,7 +675,7 @@ impl Resolver<'_> {
             let path = self.confined(&key, path)?;
             let real = std::fs::canonicalize(&path)
                 .map_err(|e| self.invalid(&key, Problem::Inaccessible { path: path.clone(), kind: e.kind() }))?;
-            resolved.push(Input { name: name.to_owned(), path: real });
+            resolved.push(Input { name: name.to_owned(), path: real, given: path });
         }
         Ok(resolved)
     }

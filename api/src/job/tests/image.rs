@@ -127,7 +127,11 @@ fn an_image_holds_every_mount_and_the_directories_that_lead_to_them() {
         ImageMount {
             guest: "/in".into(),
             read_only: true,
-            source: Source::Files(vec![Input { name: "words.txt".into(), path: tmp.path().join("words.txt") }]),
+            source: Source::Files(vec![Input {
+                name: "words.txt".into(),
+                path: tmp.path().join("words.txt"),
+                given: tmp.path().join("words.txt"),
+            }]),
             label: "files.inputs".into(),
         },
         ImageMount { guest: "/out".into(), read_only: false, source: Source::Empty, label: "files.outputs".into() },
@@ -314,7 +318,11 @@ fn a_jobs_mounts_are_its_shorthands_then_its_mounts_in_file_order() {
             ImageMount {
                 guest: "/in".into(),
                 read_only: true,
-                source: Source::Files(vec![Input { name: "words.txt".into(), path: dir.join("words.txt") }]),
+                source: Source::Files(vec![Input {
+                    name: "words.txt".into(),
+                    path: dir.join("words.txt"),
+                    given: dir.join("words.txt")
+                }]),
                 label: "files.inputs".into()
             },
             ImageMount { guest: "/out".into(), read_only: false, source: Source::Empty, label: "files.outputs".into() },
@@ -363,7 +371,7 @@ fn a_symlink_planted_on_the_way_after_validation_is_refused_not_followed() {
     fs::create_dir_all(secret.join("d")).unwrap();
     fs::write(secret.join("d/f"), "secret").unwrap();
     std::os::unix::fs::symlink(&secret, tmp.path().join("a")).unwrap();
-    let input = Input { name: "f".into(), path: tmp.path().join("a/d/f") };
+    let input = Input { name: "f".into(), path: tmp.path().join("a/d/f"), given: tmp.path().join("a/d/f") };
     let cases = [
         host_mount("/m", &tmp.path().join("a/d"), true),
         host_mount("/m", &tmp.path().join("a/d/f"), true),

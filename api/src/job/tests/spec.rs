@@ -116,7 +116,14 @@ gateway = "10.0.0.1"
     let env: Vec<(&str, &str)> = spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(env, [("LANG", "C"), ("WITH SPACE", ""), ("ZED", "z")], "sorted by key");
     assert_eq!(spec.stdin, Some(dir.root.join("data/words.txt")));
-    assert_eq!(spec.inputs, Some(vec![Input { name: "words.txt".into(), path: dir.root.join("data/words.txt") }]));
+    assert_eq!(
+        spec.inputs,
+        Some(vec![Input {
+            name: "words.txt".into(),
+            path: dir.root.join("data/words.txt"),
+            given: dir.root.join("data/words.txt")
+        }])
+    );
     assert_eq!(spec.outputs, Some(dir.root.join("results")));
     assert_eq!(spec.outputs_max_bytes, 1 << 20);
     let ip = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
@@ -170,7 +177,7 @@ fn relative_paths_resolve_against_the_job_file_directory() {
     assert_eq!(spec.dir, jobdir);
     assert_eq!(spec.wasm, jobdir.join("../../wc.wasm"));
     assert!(spec.wasm.is_absolute());
-    assert_eq!(spec.inputs, Some(vec![Input { name: "words.txt".into(), path: abs_input }]));
+    assert_eq!(spec.inputs, Some(vec![Input { name: "words.txt".into(), path: abs_input.clone(), given: abs_input }]));
     assert_eq!(spec.outputs, Some(dir.root.join("jobs/out")), "resolved as far as it exists, so never through a link");
     assert_eq!(spec.name, "a");
 }
@@ -328,7 +335,10 @@ fn input_names_may_be_as_long_as_the_host_allows() {
     let long = "n".repeat(255);
     fs::write(dir.root.join(&long), "").unwrap();
     let spec = dir.parse(&format!("{MINIMAL}[files]\ninputs = [\"{long}\"]\n")).unwrap();
-    assert_eq!(spec.inputs, Some(vec![Input { name: long.clone(), path: dir.root.join(&long) }]));
+    assert_eq!(
+        spec.inputs,
+        Some(vec![Input { name: long.clone(), path: dir.root.join(&long), given: dir.root.join(&long) }])
+    );
 }
 
 #[test]
@@ -473,7 +483,14 @@ fn mounts_resolve_and_take_the_place_of_the_shorthands() {
         "{MINIMAL}[files]\ninputs = [\"data/words.txt\"]\noutputs = \"results\"\n[[files.mount]]\nhost = \"other\"\nguest = \"/\"\n"
     );
     let spec = dir.parse(&text).unwrap();
-    assert_eq!(spec.inputs, Some(vec![Input { name: "words.txt".into(), path: dir.root.join("data/words.txt") }]));
+    assert_eq!(
+        spec.inputs,
+        Some(vec![Input {
+            name: "words.txt".into(),
+            path: dir.root.join("data/words.txt"),
+            given: dir.root.join("data/words.txt")
+        }])
+    );
     assert_eq!(spec.outputs, Some(dir.root.join("results")));
     assert_eq!(spec.mounts[0].guest, "/", "a ro mount at / may hold the shorthands");
 }

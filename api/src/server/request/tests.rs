@@ -80,7 +80,7 @@ fn a_job_gets_absolute_paths_default_outputs_and_its_limits() {
     // The job file written is one `mvm up` accepts as it is.
     let anchor = f.ctx.state_dir.join("jobs/job.toml");
     let spec = JobSpec::parse(launch.job_toml.as_deref().unwrap(), &anchor, &f.ctx.host).unwrap();
-    let input = Input { name: "in.txt".into(), path: root.join("data/in.txt") };
+    let input = Input { name: "in.txt".into(), path: root.join("data/in.txt"), given: root.join("data/in.txt") };
     assert_eq!(spec.inputs, Some(vec![input]));
     assert_eq!(spec.env, [("A".to_owned(), "b".to_owned())]);
     assert_eq!(launch.record.state, State::Created);
