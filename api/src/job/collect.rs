@@ -96,8 +96,6 @@ pub enum CollectError {
     OutputsTooLarge { max_mib: u64 },
     #[error("the mount's files exceed {max_mib} MiB, the size of the job's disk")]
     MountTooLarge { max_mib: u64 },
-    #[error("more than {MAX_ENTRIES} entries")]
-    TooManyEntries,
     #[error("mvm was interrupted; the host tree was left as it was")]
     Interrupted,
 }
@@ -219,10 +217,33 @@ pub fn collect_outputs(image: &Image, mount: u32, dest: &Path, max_bytes: u64) -
     // `dest` was made canonical when the job file was read: a symlink on
     // its way now was planted since, and is refused.
     let dest_fd = resolve::create_dirs(dest).map_err(|e| fs_err(e, dest))?;
-    let mut out = Outputs { image, mount, dest, max_bytes, summary: OutputSummary::default(), entries: 0 };
+    let mut out = Outputs { image, mount, dest, max_bytes, summary: OutputSummary::default() };
     out.dir(dest_fd.as_fd(), root, Path::new(""), 0)?;
     out.summary.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out.summary)
+}
+
+/// The checks both walks down a mount's tree (outputs and write-back) make
+/// at each entry of the hostile image, before anything is written for it:
+/// the mount the inode belongs to and, for a directory at `depth + 1`, the
+/// depth cap. (The entry cap needs no count here: decoding refused an image
+/// with more than [`MAX_ENTRIES`] entries in all, and a walk meets each
+/// entry of its mount once.) Gives the entry's inode.
+fn checked_entry(
+    image: &Image,
+    mount: u32,
+    ino: u64,
+    depth: usize,
+    entry_err: impl Fn(EntryProblem) -> CollectError,
+) -> Result<&Inode, CollectError> {
+    let inode = image.inode(ino);
+    if inode.mount != mount {
+        return Err(entry_err(EntryProblem::OtherMount));
+    }
+    if matches!(inode.kind, Kind::Dir(_)) && depth + 1 > MAX_DEPTH {
+        return Err(entry_err(EntryProblem::TooDeep));
+    }
+    Ok(inode)
 }
 
 struct Outputs<'a> {
@@ -231,7 +252,6 @@ struct Outputs<'a> {
     dest: &'a Path,
     max_bytes: u64,
     summary: OutputSummary,
-    entries: u64,
 }
 
 impl Outputs<'_> {
@@ -240,19 +260,9 @@ impl Outputs<'_> {
         for (name, ino) in entries {
             let rel = rel.join(name);
             let entry_err = |problem| CollectError::Entry { path: self.dest.join(&rel), problem };
-            self.entries += 1;
-            if self.entries > MAX_ENTRIES {
-                return Err(CollectError::TooManyEntries);
-            }
-            let inode = self.image.inode(*ino);
-            if inode.mount != self.mount {
-                return Err(entry_err(EntryProblem::OtherMount));
-            }
+            let inode = checked_entry(self.image, self.mount, *ino, depth, entry_err)?;
             match &inode.kind {
                 Kind::Dir(_) => {
-                    if depth + 1 > MAX_DEPTH {
-                        return Err(entry_err(EntryProblem::TooDeep));
-                    }
                     let child = open_dir(fd, name.as_str(), true).map_err(|e| fs_err(e, &self.dest.join(&rel)))?;
                     self.dir(child.as_fd(), inode, &rel, depth + 1)?;
                 }
@@ -306,7 +316,7 @@ pub fn write_back(image: &Image, mount: u32, host: &Path, max_bytes: u64) -> Res
     let staged_uid = rustix::fs::statat(&parent_fd, &staging, AtFlags::SYMLINK_NOFOLLOW).map(|s| s.st_uid);
     let owner = (staged_uid.ok() == Some(0) && (host_stat.st_uid, host_stat.st_gid) != (0, 0))
         .then_some((host_stat.st_uid, host_stat.st_gid));
-    let mut rebuild = Rebuild { image, mount, max_bytes, owner, summary: WriteBackSummary::default(), entries: 0 };
+    let mut rebuild = Rebuild { image, mount, max_bytes, owner, summary: WriteBackSummary::default() };
     let staged = match made {
         Staged::Dir(fd) => {
             if !matches!(root.kind, Kind::Dir(_)) {
@@ -341,7 +351,6 @@ struct Rebuild<'a> {
     /// The uid and gid to give every entry, when not mvm's own.
     owner: Option<(u32, u32)>,
     summary: WriteBackSummary,
-    entries: u64,
 }
 
 impl Rebuild<'_> {
@@ -351,19 +360,9 @@ impl Rebuild<'_> {
             check_interrupted()?;
             let path = path.join(name);
             let entry_err = |problem| CollectError::Entry { path: path.clone(), problem };
-            self.entries += 1;
-            if self.entries > MAX_ENTRIES {
-                return Err(CollectError::TooManyEntries);
-            }
-            let inode = self.image.inode(*ino);
-            if inode.mount != self.mount {
-                return Err(entry_err(EntryProblem::OtherMount));
-            }
+            let inode = checked_entry(self.image, self.mount, *ino, depth, entry_err)?;
             match &inode.kind {
                 Kind::Dir(_) => {
-                    if depth + 1 > MAX_DEPTH {
-                        return Err(entry_err(EntryProblem::TooDeep));
-                    }
                     rustix::fs::mkdirat(fd, name.as_str(), Mode::from_raw_mode(0o700)).map_err(|e| fs_err(e, &path))?;
                     let child = open_dir(fd, name.as_str(), false).map_err(|e| fs_err(e, &path))?;
                     self.dir(child.as_fd(), inode, &path, depth + 1)?;
